@@ -1,0 +1,340 @@
+"""Accuracy against compute: DynaLay's agent versus Models 0-3, and the β curve (Fig. 4.3b).
+
+    python -m benchmarks.agent_tradeoff --quick       # ≤ 3 min on a 2-core CPU
+    python -m benchmarks.agent_tradeoff --full
+
+On each data set (``digits``: real 8×8 images, CNN backbone; ``synthetic``: the generated
+sequence task with known per-sample difficulty, LSTM backbone) every model is trained with the
+same ``TrainConfig`` and the same ``ModelConfig`` apart from ``kind`` and is scored on the test
+split with ``models.training.evaluate`` (eval mode: the agent takes its argmax action):
+accuracy, FLOPs per sample, time per sample, action frequencies, FPI iterations.
+
+Then DynaLay is retrained for each β of a sweep (the compute penalty in the reward
+R = α·correct − β·C(a)·k(a)); its (FLOPs, accuracy) points are the accuracy-compute curve of the
+thesis' Figure 4.3b. For the DynaLay run at the default β the script also scores the same
+trained network with every sample forced onto one action (0..3), which shows what each path of
+the shared network achieves and so what the agent has to choose from; on the synthetic task it
+breaks the agent's actions down by the known difficulty.
+
+Several training seeds in full mode; cells are medians with [min–max] over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks import _common as C
+from models import ModelConfig, TrainConfig, build_model, evaluate, fit
+
+NAME = "agent_tradeoff"
+BASELINES = (("plain", "Model 0 (plain)"), ("fpi1", "Model 1 (FPI L1)"),
+             ("fpi2", "Model 2 (FPI L1-2)"), ("fpi3", "Model 3 (FPI L1-3)"))
+DEFAULT_BETA = ModelConfig().beta
+
+# Per data set: the ModelConfig overrides and the TrainConfig every model shares.
+DATASETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "digits": {
+            "model": {"width": 16},
+            "train": {"epochs": 6, "warmup_epochs": 3, "batch_size": 64, "lr": 3e-3},
+        },
+        "synthetic": {
+            "model": {"embed_dim": 32, "hidden": 64},
+            "train": {"epochs": 4, "warmup_epochs": 2, "batch_size": 64, "lr": 3e-3},
+        },
+    },
+    "full": {
+        "digits": {
+            "model": {"width": 32},
+            "train": {"epochs": 20, "warmup_epochs": 8, "batch_size": 64, "lr": 2e-3},
+        },
+        "synthetic": {
+            "model": {},
+            "train": {"epochs": 12, "warmup_epochs": 4, "batch_size": 64, "lr": 2e-3},
+        },
+    },
+}
+MODES = {
+    "quick": {"seeds": 1, "betas": [0.0, 0.1, 0.3, 1.0], "max_train": None},
+    "full": {"seeds": 3, "betas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0], "max_train": None},
+}
+
+
+def train_and_score(kind: str, data: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                    device: torch.device, forced: bool = False,
+                    difficulty: bool = False) -> dict[str, Any]:
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(dataclasses.replace(model_cfg, kind=kind), data.spec)
+    started = time.perf_counter()
+    fit(model, data.train, train_cfg, device)
+    train_s = time.perf_counter() - started
+    result = evaluate(model, data.test, device)
+    record = {**result.to_dict(), "train_s": train_s}
+    if forced:
+        record["forced_actions"] = forced_actions(model, data, device)
+    if difficulty and data.difficulty_test is not None and result.stats is not None:
+        record["by_difficulty"] = by_difficulty(result.stats, data, model, device)
+    return record
+
+
+def forced_actions(model: Any, data: Any, device: torch.device) -> list[dict[str, float]]:
+    """The trained DynaLay scored with every sample forced onto action a, for a = 0..3.
+
+    Instrumentation only: the instance's ``choose`` is replaced for the duration."""
+    rows = []
+    original = model.choose
+    try:
+        for action in range(4):
+            model.choose = lambda logits, a=action: torch.full(
+                logits.shape[:1], a, dtype=torch.int64, device=logits.device)
+            result = evaluate(model, data.test, device)
+            rows.append({"action": action, "accuracy": result.accuracy,
+                         "flops_per_sample": result.flops_per_sample,
+                         "mean_iterations": result.mean_iterations})
+    finally:
+        model.choose = original
+    return rows
+
+
+def by_difficulty(stats: Any, data: Any, model: Any, device: torch.device) -> list[dict[str, Any]]:
+    """Actions and accuracy per difficulty tercile of the test split (synthetic task)."""
+    from models.training import predict
+
+    logits, _ = predict(model, data.test.x, device)
+    correct = (logits.argmax(dim=-1) == data.test.y).double().numpy()
+    difficulty = data.difficulty_test.double().numpy()
+    actions = stats.actions.numpy()
+    flops = stats.flops.double().numpy()
+    edges = np.quantile(difficulty, [0, 1 / 3, 2 / 3, 1])
+    rows = []
+    for i in range(3):
+        lo, hi = edges[i], edges[i + 1]
+        mask = (difficulty >= lo) & ((difficulty <= hi) if i == 2 else (difficulty < hi))
+        if not mask.any():
+            continue
+        rows.append({
+            "tercile": i + 1,
+            "difficulty_range": [float(lo), float(hi)],
+            "samples": int(mask.sum()),
+            "accuracy": float(correct[mask].mean()),
+            "mean_action": float(actions[mask].mean()),
+            "action_freq": [float((actions[mask] == a).mean()) for a in range(4)],
+            "flops_per_sample": float(flops[mask].mean()),
+        })
+    return rows
+
+
+def run_dataset(name: str, sizes: dict[str, Any], settings: dict[str, Any], device: torch.device,
+                seed: int) -> dict[str, Any]:
+    from pipeline.data import load_dataset
+
+    data = load_dataset(name, seed=seed)
+    model_cfg = ModelConfig(**sizes["model"])
+    runs: dict[str, list[dict[str, Any]]] = {}
+    sweep: dict[float, list[dict[str, Any]]] = {}
+    for s in range(settings["seeds"]):
+        train_cfg = TrainConfig(**sizes["train"], seed=seed + s)
+        for kind, label in BASELINES:
+            record = train_and_score(kind, data, model_cfg, train_cfg, device)
+            runs.setdefault(kind, []).append(record)
+            C.note(f"[{name} seed {seed + s}] {label}: acc {record['accuracy']:.4f}, "
+                   f"{record['flops_per_sample']:.4g} FLOPs/sample ({record['train_s']:.1f} s)")
+        for beta in settings["betas"]:
+            record = train_and_score(
+                "dynalay", data, dataclasses.replace(model_cfg, beta=beta), train_cfg, device,
+                forced=beta == DEFAULT_BETA, difficulty=beta == DEFAULT_BETA,
+            )
+            sweep.setdefault(beta, []).append(record)
+            if beta == DEFAULT_BETA:
+                runs.setdefault("dynalay", []).append(record)
+            C.note(f"[{name} seed {seed + s}] DynaLay β={beta:g}: acc {record['accuracy']:.4f}, "
+                   f"{record['flops_per_sample']:.4g} FLOPs/sample, actions "
+                   f"{[round(a, 2) for a in record['action_freq']]} ({record['train_s']:.1f} s)")
+    return {
+        "spec": dataclasses.asdict(data.spec),
+        "train_size": len(data.train),
+        "test_size": len(data.test),
+        "model_config": model_cfg.to_dict(),
+        "train_config": {**sizes["train"], "seeds": [seed + s for s in range(settings["seeds"])]},
+        "runs": runs,
+        "beta_sweep": {str(beta): records for beta, records in sweep.items()},
+    }
+
+
+def _agg(records: list[dict[str, Any]], key: str) -> dict[str, float]:
+    return C.spread([r[key] for r in records])
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    runs = result["runs"]
+    acc = {kind: _agg(records, "accuracy") for kind, records in runs.items()}
+    flops = {kind: _agg(records, "flops_per_sample") for kind, records in runs.items()}
+    # Paired per seed: DynaLay against Model 3.
+    ratio = C.spread([d["flops_per_sample"] / m["flops_per_sample"]
+                      for d, m in zip(runs["dynalay"], runs["fpi3"])])
+    gap = C.spread([100 * (m["accuracy"] - d["accuracy"])
+                    for d, m in zip(runs["dynalay"], runs["fpi3"])])
+    sweep_rows = []
+    for beta, records in result["beta_sweep"].items():
+        r = C.spread([100 * (m["accuracy"] - d["accuracy"]) for d, m in zip(records, runs["fpi3"])])
+        q = C.spread([d["flops_per_sample"] / m["flops_per_sample"] for d, m in zip(records, runs["fpi3"])])
+        sweep_rows.append({"beta": float(beta), "accuracy": _agg(records, "accuracy"),
+                           "flops_per_sample": _agg(records, "flops_per_sample"),
+                           "flops_vs_model3": q, "points_below_model3": r,
+                           "action_freq": np.mean([d["action_freq"] for d in records], axis=0).tolist(),
+                           "meets_target": q["median"] <= 0.6 and r["median"] <= 1.0})
+    return {"accuracy": acc, "flops": flops, "dynalay_flops_over_model3": ratio,
+            "model3_minus_dynalay_points": gap, "sweep": sweep_rows}
+
+
+def plot(payload: dict[str, Any], path: Any) -> None:
+    from matplotlib.figure import Figure
+
+    datasets = list(payload["datasets"])
+    figure = Figure(figsize=(5.5 * len(datasets), 4.2), layout="constrained")
+    for i, name in enumerate(datasets):
+        axes = figure.add_subplot(1, len(datasets), i + 1)
+        summary = payload["summaries"][name]
+        for kind, label in BASELINES:
+            f, a = summary["flops"][kind]["median"], summary["accuracy"][kind]["median"]
+            axes.scatter([f], [a], s=40, zorder=3, label=label)
+        rows = sorted(summary["sweep"], key=lambda r: r["flops_per_sample"]["median"])
+        axes.plot([r["flops_per_sample"]["median"] for r in rows],
+                  [r["accuracy"]["median"] for r in rows], "-o", color="black", label="DynaLay (β sweep)")
+        for r in rows:
+            axes.annotate(f"β={r['beta']:g}", (r["flops_per_sample"]["median"], r["accuracy"]["median"]),
+                          fontsize=7, xytext=(4, 4), textcoords="offset points")
+        axes.set_xlabel("FLOPs per sample (test)")
+        axes.set_ylabel("test accuracy")
+        axes.set_title(name)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="lower right")
+    figure.savefig(path, dpi=120)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    lines = ["# Agent trade-off", "", C.env_line(payload["environment"]), ""]
+    for name, result in payload["datasets"].items():
+        summary = payload["summaries"][name]
+        tc = result["train_config"]
+        mc = {k: v for k, v in result["model_config"].items() if k in payload["shown_model_keys"][name]}
+        lines += [
+            f"## `{name}` ({result['train_size']} train / {result['test_size']} test samples)",
+            "",
+            f"ModelConfig {mc}; TrainConfig epochs {tc['epochs']} (warm-up {tc['warmup_epochs']}), "
+            f"batch {tc['batch_size']}, lr {tc['lr']:g}, seeds {tc['seeds']}. "
+            "Cells: median [min–max] over seeds; accuracy on the test split.",
+            "",
+        ]
+        rows = []
+        kinds = [*BASELINES, ("dynalay", f"DynaLay (β={DEFAULT_BETA:g})")]
+        base = summary["flops"]["fpi3"]["median"]
+        for kind, label in kinds:
+            records = result["runs"][kind]
+            rows.append((
+                label,
+                C.fmt_spread(summary["accuracy"][kind], 100, kind="minmax"),
+                C.fmt(summary["flops"][kind]["median"] / 1e6, 3),
+                C.fmt(summary["flops"][kind]["median"] / base, 3),
+                C.fmt(float(np.median([r["time_ms_per_sample"] for r in records])), 3),
+                " / ".join(C.fmt(v, 2) for v in np.mean([r["action_freq"] for r in records], axis=0)),
+                " / ".join(C.fmt(v, 3) for v in np.mean([r["mean_iterations"] for r in records], axis=0)),
+            ))
+        lines += [C.markdown_table(("model", "accuracy %", "MFLOPs/sample", "FLOPs vs Model 3",
+                                    "ms/sample", "actions 0/1/2/3", "FPI iters L1/L2/L3"), rows), ""]
+        lines += [f"DynaLay β sweep (Figure 4.3b): `{NAME}.png`", ""]
+        rows = []
+        for r in sorted(summary["sweep"], key=lambda r: r["beta"]):
+            rows.append((
+                f"{r['beta']:g}",
+                C.fmt_spread(r["accuracy"], 100, kind="minmax"),
+                C.fmt(r["flops_per_sample"]["median"] / 1e6, 3),
+                C.fmt(r["flops_vs_model3"]["median"], 3),
+                C.fmt(r["points_below_model3"]["median"], 3),
+                " / ".join(C.fmt(v, 2) for v in r["action_freq"]),
+                "yes" if r["meets_target"] else "no",
+            ))
+        lines += [C.markdown_table(("β", "accuracy %", "MFLOPs/sample", "FLOPs vs Model 3",
+                                    "points below Model 3", "actions 0/1/2/3",
+                                    "≤ 60 % FLOPs at ≤ 1 point"), rows), ""]
+        forced = result["runs"]["dynalay"][0].get("forced_actions")
+        if forced:
+            rows = [(f["action"], C.fmt(100 * f["accuracy"], 4), C.fmt(f["flops_per_sample"] / 1e6, 3),
+                     " / ".join(C.fmt(v, 3) for v in f["mean_iterations"])) for f in forced]
+            lines += [f"The trained DynaLay (β={DEFAULT_BETA:g}, first seed) with every sample forced "
+                      "onto one action:", "",
+                      C.markdown_table(("action", "accuracy %", "MFLOPs/sample", "FPI iters L1/L2/L3"), rows), ""]
+        diff = result["runs"]["dynalay"][0].get("by_difficulty")
+        if diff:
+            rows = [(d["tercile"], f"{d['difficulty_range'][0]:.3g}–{d['difficulty_range'][1]:.3g}",
+                     d["samples"], C.fmt(100 * d["accuracy"], 4), C.fmt(d["mean_action"], 3),
+                     " / ".join(C.fmt(v, 2) for v in d["action_freq"]),
+                     C.fmt(d["flops_per_sample"] / 1e6, 3)) for d in diff]
+            lines += ["DynaLay's actions by the known difficulty of the test samples (first seed):", "",
+                      C.markdown_table(("tercile", "difficulty", "samples", "accuracy %", "mean action",
+                                        "actions 0/1/2/3", "MFLOPs/sample"), rows), ""]
+    lines += ["## Target", "", C.targets_table(payload["targets"]), ""]
+    if payload.get("notes"):
+        lines += ["Notes:", ""] + [f"- {n}" for n in payload["notes"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = C.make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "synthetic"],
+                        choices=["digits", "synthetic"])
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    device = C.resolve_device(args.device)
+    C.set_threads(device, args.threads)
+    settings = MODES[args.mode]
+    env = C.environment(device, args.mode, args.seed)
+    if device.type != "cuda":
+        C.note("note: no CUDA device: training and timing on the CPU")
+
+    results, summaries, targets, notes = {}, {}, [], []
+    for name in args.datasets:
+        try:
+            results[name] = run_dataset(name, DATASETS[args.mode][name], settings, device, args.seed)
+        except ImportError as exc:  # the synthetic generator may not exist yet
+            msg = f"{name}: skipped, the data set cannot be loaded ({exc})"
+            C.note(msg)
+            notes.append(msg)
+            continue
+        summaries[name] = summarize(results[name])
+        s = summaries[name]
+        ratio, gap = s["dynalay_flops_over_model3"]["median"], s["model3_minus_dynalay_points"]["median"]
+        targets.append(C.check(f"`{name}`: DynaLay FLOPs / Model 3 FLOPs (β={DEFAULT_BETA:g})",
+                               ratio, "≤ 0.6", ratio <= 0.6))
+        targets.append(C.check(f"`{name}`: Model 3 accuracy − DynaLay accuracy, points",
+                               gap, "≤ 1", gap <= 1.0))
+    C.finish(env, started)
+    payload = {
+        "environment": env,
+        "settings": settings,
+        "datasets": results,
+        "summaries": summaries,
+        "targets": targets,
+        "shown_model_keys": {"digits": ["width", "max_iter", "fwd_tol", "backward"],
+                             "synthetic": ["embed_dim", "hidden", "max_iter", "fwd_tol", "backward"]},
+        "notes": notes + [
+            "FLOPs per sample are the models' own counts (FlopCounterMode per layer application × "
+            "the iterations each sample ran), on the test split in eval mode.",
+            "\"FLOPs vs Model 3\" and \"points below Model 3\" are paired per seed.",
+        ],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    if summaries:
+        plot(payload, args.out / f"{NAME}.png")
+    json_path, md_path = C.write_results(args.out, NAME, payload, markdown(payload))
+    C.note(markdown(payload))
+    C.note(f"wrote {json_path} and {md_path} in {env['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

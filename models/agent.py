@@ -1,0 +1,103 @@
+"""AgentNet and its REINFORCE objective.
+
+The agent reads the globally pooled activations of the plain pass of L1..L3 (detached by the
+caller, so its gradient never reaches the main model) and outputs a softmax over four actions:
+0 = plain pass, k ∈ {1, 2, 3} = FPI on layers 1..k.
+
+Reward per sample (thesis eq. 3.2): R = α·correct − β·C(a)·k(a), where C(a) is the sample's
+FLOPs over the plain pass' FLOPs and k(a) = a is the number of FPI layers. The agent is trained
+by REINFORCE with a baseline b; the term added to the cross-entropy is
+
+    γ · mean(−(R − b)·log π(a | x)) − entropy · mean(H(π(· | x))),
+
+whose gradient is γ times the policy gradient of −E[R] (the thesis' "CE − γ·R"), plus a small
+entropy bonus that keeps every action explored. The advantage is not standardised, so α, β and
+γ keep the thesis' meaning.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.stats import NUM_ACTIONS, ForwardStats
+
+
+class AgentNet(nn.Module):
+    """Pooled plain-pass activations (B, D) → action logits (B, 4).
+
+    LayerNorm first, because the three layers' pooled activations live on different scales; the
+    output layer starts at zero, so the initial policy is uniform.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 64, num_actions: int = NUM_ACTIONS) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_actions),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+
+class Reinforce(nn.Module):
+    """The policy-gradient term and its baseline.
+
+    Args:
+        alpha, beta: reward weights, R = α·correct − β·C(a)·k(a).
+        gamma: weight of the policy term in the total loss.
+        entropy: weight of the entropy bonus.
+        baseline: `ema` (exponential moving average of past batch-mean rewards, momentum
+            `momentum`; the first batch uses its own mean) or `batch` (the current batch mean).
+    """
+
+    def __init__(
+        self,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        entropy: float = 0.01,
+        baseline: str = "ema",
+        momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        if baseline not in ("ema", "batch"):
+            raise ValueError(f"baseline={baseline!r} is not ema or batch")
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.entropy = entropy
+        self.baseline = baseline
+        self.momentum = momentum
+        self.register_buffer("ema", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("ema_ready", torch.zeros((), dtype=torch.bool))
+
+    def reward(self, correct: Tensor, cost: Tensor, actions: Tensor) -> Tensor:
+        """float64 (B,): α·correct − β·C(a)·k(a), with k(a) = a."""
+        return self.alpha * correct.double() - self.beta * cost.double() * actions.double()
+
+    def forward(self, correct: Tensor, stats: ForwardStats) -> tuple[Tensor, dict[str, float]]:
+        """Returns (the term to add to the CE, figures to log). Updates the EMA baseline."""
+        if stats.log_prob is None or stats.entropy is None or stats.cost is None:
+            raise ValueError("the policy term needs stats with log_prob, entropy and cost")
+        reward = self.reward(correct, stats.cost, stats.actions)
+        batch_mean = reward.mean()
+        if self.baseline == "batch":
+            base = batch_mean
+        else:
+            base = torch.where(self.ema_ready, self.ema, batch_mean)
+            with torch.no_grad():
+                self.ema.copy_(self.momentum * base + (1 - self.momentum) * batch_mean)
+                self.ema_ready.fill_(True)
+        advantage = (reward - base).detach().to(stats.log_prob.dtype)
+        policy = -(advantage * stats.log_prob).mean()
+        entropy = stats.entropy.mean()
+        term = self.gamma * policy - self.entropy * entropy
+        return term, {
+            "policy": float(policy.detach()),
+            "reward": float(batch_mean),
+            "entropy": float(entropy.detach()),
+        }

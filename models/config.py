@@ -1,0 +1,197 @@
+"""Configuration records for the models package.
+
+`ModelConfig` and `TrainConfig` are frozen dataclasses whose defaults are the thesis' values
+(α=0.5, β=0.3, γ=0.2, tolerance 1e-5, Adam at 1e-3, batch 64). Both round-trip through plain
+dicts (`to_dict` / `from_dict`), and `from_dict` rejects unknown keys so that a typo in a search
+space fails loudly instead of silently training the default.
+
+`ModelSpec` describes the data a model is built for; `TensorPair` holds one split of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import torch
+
+ModelKind = Literal["dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq"]
+BackwardMode = Literal["implicit", "jfb", "unroll"]
+Task = Literal["image", "sequence", "language_model"]
+
+MODEL_KINDS: tuple[str, ...] = ("dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq")
+BACKWARD_MODES: tuple[str, ...] = ("implicit", "jfb", "unroll")
+DEQ_SOLVERS: tuple[str, ...] = ("anderson", "broyden")
+BASELINES: tuple[str, ...] = ("ema", "batch")
+TASKS: tuple[str, ...] = ("image", "sequence", "language_model")
+
+_Config = TypeVar("_Config", bound="_DictConfig")
+
+
+class _DictConfig:
+    """Mixin: strict construction from a dict and conversion back."""
+
+    @classmethod
+    def from_dict(cls: type[_Config], d: dict[str, Any]) -> _Config:
+        """Builds the config from `d`; a key that is not a field raises ValueError naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for key in d:
+            if key not in names:
+                raise ValueError(
+                    f"unknown {cls.__name__} key {key!r}; expected one of {sorted(names)}"
+                )
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON/YAML friendly)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name}={value!r} must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_DictConfig):
+    """What to build and how its fixed-point layers and agent behave.
+
+    Attributes:
+        kind: `dynalay` (agent-selected FPI), `plain` (Model 0), `fpi1`..`fpi3` (static FPI on
+            layers 1..k, Models 1-3) or `deq` (TorchDEQ on all three layers).
+        width: channel width w of the CNN (layers have w, 2w, 4w channels).
+        fwd_tol: forward stopping tolerance on ‖f(z) − z‖ / ‖f(z)‖, per sample.
+        bwd_tol: tolerance of the adjoint fixed-point iteration (`implicit` backward, DEQ).
+        max_iter: most applications of f per layer and solve (forward and backward).
+        backward: `implicit` (adjoint fixed point), `jfb` (one step) or `unroll` (autograd
+            through the iterations).
+        contraction: bound on the state path's operator norm, in (0, 1); None leaves the state
+            path unconstrained (convergence is then not guaranteed).
+        alpha, beta, gamma: reward R = α·correct − β·C(a)·k(a); loss = CE + γ·policy term.
+        entropy: weight of the policy's entropy bonus (keeps the agent exploring).
+        baseline: REINFORCE baseline, `ema` (moving average of the batch-mean reward) or
+            `batch` (the current batch mean).
+        agent_hidden: hidden units of the AgentNet MLP.
+        deq_solver: TorchDEQ forward solver for `deq`, `anderson` or `broyden`.
+        embed_dim, hidden: embedding and LSTM sizes of the sequence backbone.
+    """
+
+    kind: str = "dynalay"
+    width: int = 32
+    fwd_tol: float = 1e-5
+    bwd_tol: float = 1e-5
+    max_iter: int = 30
+    backward: str = "implicit"
+    contraction: float | None = 0.9
+    alpha: float = 0.5
+    beta: float = 0.3
+    gamma: float = 0.2
+    entropy: float = 0.01
+    baseline: str = "ema"
+    agent_hidden: int = 64
+    deq_solver: str = "anderson"
+    embed_dim: int = 64
+    hidden: int = 128
+
+    def __post_init__(self) -> None:
+        _check_choice("kind", self.kind, MODEL_KINDS)
+        _check_choice("backward", self.backward, BACKWARD_MODES)
+        _check_choice("deq_solver", self.deq_solver, DEQ_SOLVERS)
+        _check_choice("baseline", self.baseline, BASELINES)
+        for name in ("width", "max_iter", "agent_hidden", "embed_dim", "hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("fwd_tol", "bwd_tol"):
+            _check_positive(name, getattr(self, name))
+        for name in ("alpha", "beta", "gamma", "entropy"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.contraction is not None and not 0 < self.contraction < 1:
+            raise ValueError(f"contraction={self.contraction!r} must lie in (0, 1) or be None")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_DictConfig):
+    """How `models.training.fit` trains.
+
+    Attributes:
+        epochs: total epochs, warm-up included.
+        warmup_epochs: leading epochs that pre-train the main model only (DynaLay samples
+            its actions uniformly and the agent is not trained); ignored by the baselines.
+        lr, weight_decay: Adam's settings.
+        batch_size: samples per optimiser step.
+        seed: seeds the batch order, the action sampling and the parameter-free randomness.
+        amp: bf16 autocast when training on CUDA (never on CPU).
+    """
+
+    epochs: int = 10
+    warmup_epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be an integer >= 0")
+        _check_positive("lr", self.lr)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The data a model is built for.
+
+    Attributes:
+        task: `image` (x: float B×C×H×W), `sequence` (x: int64 B×T token ids, one label per
+            sequence) or `language_model` (x and y: int64 B×T, y the next tokens).
+        input_shape: one sample's shape, `(C, H, W)` or `(T,)`.
+        num_classes: classes (for `language_model`, the vocabulary size).
+        vocab_size: token vocabulary of the sequence tasks.
+    """
+
+    task: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, TASKS)
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        if self.task == "image" and len(self.input_shape) != 3:
+            raise ValueError(f"image input_shape must be (C, H, W), got {self.input_shape}")
+        if self.task != "image":
+            if len(self.input_shape) != 1:
+                raise ValueError(f"{self.task} input_shape must be (T,), got {self.input_shape}")
+            if self.vocab_size is None or self.vocab_size < 2:
+                raise ValueError(f"{self.task} needs vocab_size >= 2, got {self.vocab_size}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes={self.num_classes} must be >= 2")
+
+
+@dataclass(frozen=True)
+class TensorPair:
+    """One split: inputs `x` and targets `y`, CPU tensors with the sample on dimension 0."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} samples but y has {self.y.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])

@@ -1,0 +1,290 @@
+"""The search-side subcommands of ``dynalay``: search, pareto, ui, submit and jobs.
+
+Each handler takes the parsed arguments and returns an exit code; bad input raises
+:class:`~pipeline.errors.UsageError`, which :mod:`pipeline.cli` prints as one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UsageError
+
+DEFAULT_RUN_DIR = Path("runs")
+
+
+def register(subparsers: Any) -> None:
+    """Add search, pareto, ui, submit and jobs to the ``dynalay`` parser."""
+    search = subparsers.add_parser("search", help="run a cross-validated multi-objective search")
+    add_search_arguments(search)
+    search.set_defaults(handler=search_command)
+
+    pareto = subparsers.add_parser("pareto", help="show, select and export the Pareto front")
+    pareto.add_argument("--experiment", required=True, help="the search's experiment name")
+    _add_store_arguments(pareto)
+    pick = pareto.add_mutually_exclusive_group()
+    pick.add_argument("--select", metavar="EXPR", help="e.g. 'cv_accuracy>=0.97' or 'cv_flops<2e5,cv_accuracy>=0.9'")
+    pick.add_argument("--knee", action="store_true", help="pick the knee of the front")
+    pareto.add_argument("--export", type=Path, metavar="FILE", help="write the chosen configs as YAML for `dynalay train --config`")
+    pareto.set_defaults(handler=pareto_command)
+
+    ui = subparsers.add_parser("ui", help="open the MLflow UI on the search's tracking store")
+    _add_store_arguments(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=ui_command)
+
+    submit = subparsers.add_parser("submit", help="submit a search as a Ray job to a cluster")
+    submit.add_argument("--address", required=True, help="the Ray dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    add_search_arguments(submit, with_address=False)
+    submit.set_defaults(handler=submit_command)
+
+    jobs = subparsers.add_parser("jobs", help="status, logs or stop of a submitted search")
+    jobs.add_argument("action", choices=["status", "logs", "stop"])
+    jobs.add_argument("job_id")
+    jobs.add_argument("--address", required=True, help="the Ray dashboard, e.g. http://HEAD:8265")
+    jobs.set_defaults(handler=jobs_command)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, with_address: bool = True) -> None:
+    """The flags of ``dynalay search`` (``dynalay submit`` passes them through)."""
+    parser.add_argument("--space", required=True, help="a packaged space (digits, cifar10, ...) or a YAML file")
+    parser.add_argument("--num-samples", type=_positive_int, help="trial budget (default: the space's)")
+    parser.add_argument("--folds", type=_fold_count, help="cross-validation folds (default: the space's)")
+    parser.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: as resources allow)")
+    parser.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="fractions such as 0.25 share a GPU")
+    parser.add_argument("--pruner", choices=["wilcoxon", "median", "none"], help="default: the space's")
+    parser.add_argument("--sampler", choices=["tpe", "nsga2", "gp"], help="default: the space's")
+    parser.add_argument("--experiment", help="MLflow experiment and search name (default: the space's name)")
+    _add_store_arguments(parser)
+    parser.add_argument("--storage", help="Optuna RDB storage URL (default: SQLite in the run directory)")
+    if with_address:
+        parser.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    parser.add_argument("--data-dir", help="where the real data sets are read from")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    parser.add_argument("--seed", type=int, help="sampler and fold seed (default: the space's)")
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the run directory)")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where searches live (default: ./runs)")
+
+
+# -- handlers -------------------------------------------------------------------------------
+def search_command(args: argparse.Namespace) -> int:
+    from pipeline.search import SearchOptions, run_search
+    from pipeline.space import load_space
+
+    space = load_space(args.space)
+    options = SearchOptions(
+        space=space,
+        experiment=args.experiment or space.name,
+        run_dir=args.run_dir,
+        num_samples=args.num_samples or space.num_samples,
+        folds=args.folds or space.folds,
+        max_concurrent=args.max_concurrent or space.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        pruner=args.pruner or space.pruner,
+        sampler=args.sampler or space.sampler,
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        address=args.address,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        seed=space.seed if args.seed is None else args.seed,
+    )
+    _check_resources(options)
+    run_search(options)
+    print()
+    _print_front(options.resolved_tracking_uri, options.experiment)
+    print(f"\nBrowse every trial:  dynalay ui --run-dir {args.run_dir}" + (
+        f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
+    ))
+    print(f"Export the front:    dynalay pareto --experiment {options.experiment}"
+          f"{_store_flags(args)} --export front.yaml")
+    return 0
+
+
+def pareto_command(args: argparse.Namespace) -> int:
+    from pipeline.pareto import export_configs, knee, pareto_front, select
+    from pipeline.run_config import run_config_keys
+    from pipeline.search_records import load_search
+
+    tracking_uri = _tracking_uri(args)
+    search = load_search(tracking_uri, args.experiment)
+    front = pareto_front(search.trials)
+    if not front:
+        raise UsageError(f"--experiment: {args.experiment!r} has no finished trial yet")
+    chosen = front
+    if args.knee:
+        chosen = [knee(front)]
+    elif args.select:
+        chosen = select(front, args.select)
+        if not chosen:
+            raise UsageError(f"--select: no trial on the front satisfies {args.select!r}")
+    print(format_front(front, chosen if chosen is not front else None))
+    if args.export:
+        keys = set(run_config_keys())
+        fixed = {k: v for k, v in search.params.items() if k in keys}
+        written = export_configs(
+            chosen, args.export, search.params.get("dataset", ""), search.params.get("model", "dynalay"), fixed
+        )
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def ui_command(args: argparse.Namespace) -> int:
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [
+        mlflow, "ui", "--backend-store-uri", _tracking_uri(args),
+        "--host", args.host, "--port", str(args.port),
+    ]
+    if args.tracking_uri is None:
+        command += ["--default-artifact-root", (args.run_dir / "mlartifacts").resolve().as_uri()]
+    print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    from pipeline.jobs import submit_search
+
+    forwarded = _forwarded_search_args(args)
+    job_id = submit_search(args.address, forwarded, follow=not args.no_follow, tracking_uri=args.tracking_uri)
+    print(f"job {job_id}")
+    return 0
+
+
+def jobs_command(args: argparse.Namespace) -> int:
+    from pipeline import jobs
+
+    if args.action == "status":
+        print(jobs.job_status(args.address, args.job_id))
+    elif args.action == "logs":
+        print(jobs.job_logs(args.address, args.job_id), end="")
+    else:
+        jobs.stop_job(args.address, args.job_id)
+        print(f"stopping {args.job_id}")
+    return 0
+
+
+# -- helpers --------------------------------------------------------------------------------
+def format_front(front: list[Any], chosen: list[Any] | None = None) -> str:
+    """The front as an aligned table, cheapest first; ``*`` marks chosen rows."""
+    names = sorted({k for r in front for k in r.params})
+    header = ["", "trial", "cv_accuracy", "cv_flops", *names]
+    picked = {r.trial_id for r in chosen} if chosen else set()
+    rows = [
+        ["*" if r.trial_id in picked else "", r.trial_id, f"{r.cv_accuracy:.4f}", f"{r.cv_flops:,.0f}",
+         *(_short(r.params.get(n, "")) for n in names)]
+        for r in front
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+    return f"Pareto front ({len(front)} trials; maximise accuracy, minimise FLOPs/sample)\n" + "\n".join(lines)
+
+
+def _print_front(tracking_uri: str, experiment: str) -> None:
+    from pipeline.pareto import pareto_front
+    from pipeline.search_records import load_search
+
+    search = load_search(tracking_uri, experiment)
+    counts = {s: sum(t.state == s for t in search.trials) for s in ("finished", "pruned", "failed")}
+    print(f"{len(search.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    front = pareto_front(search.trials)
+    print(format_front(front) if front else "No finished trial: no Pareto front.")
+
+
+def _short(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isfinite(number) and number == int(number) and abs(number) < 1e6:
+        return str(int(number))
+    return f"{number:.3g}"
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from pipeline.search import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri(args.run_dir)
+
+
+def _store_flags(args: argparse.Namespace) -> str:
+    flags = "" if args.run_dir == DEFAULT_RUN_DIR else f" --run-dir {args.run_dir}"
+    return flags + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+
+
+def _forwarded_search_args(args: argparse.Namespace) -> list[str]:
+    """The ``dynalay search`` command line equivalent to a ``dynalay submit``'s arguments."""
+    argv = []
+    for name, value in vars(args).items():
+        if name in ("address", "no_follow", "handler", "command") or value in (None, False):
+            continue
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def _check_resources(options: Any) -> None:
+    if options.address is None and options.gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--gpus-per-trial: this machine has no CUDA GPU; use 0 or --address of a GPU cluster")
+    if options.address is None and options.cpus_per_trial > (os.cpu_count() or 1):
+        raise UsageError(
+            f"--cpus-per-trial: {options.cpus_per_trial:g} is more than this machine's {os.cpu_count()} CPUs"
+        )
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _fold_count(text: str) -> int:
+    value = _number(text, int)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"cross-validation needs >= 2 folds, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value

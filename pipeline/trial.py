@@ -1,0 +1,201 @@
+"""One search trial: k-fold cross-validated training of a DynaLay model under one configuration.
+
+Every trial of a search uses the same seeded folds, so fold scores are paired across trials
+(the Wilcoxon pruner relies on that). Each fold trains from scratch on the other folds and is
+scored on its own held-out part. After each fold the trial reports the fold's accuracy and
+FLOPs per sample with the running means, and checkpoints the fold results: a trial that Ray
+Tune restarts after a worker died resumes at its first unfinished fold.
+
+A diverging trial (NaN/inf loss or metrics) does not raise — raising would make Ray Tune retry
+it — but reports ``error`` and stops; the search records it as failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from models.config import TensorPair
+from models.factory import build_model
+from models.training import DivergenceError, evaluate, fit
+from pipeline.data import load_dataset, training_augmentation
+from pipeline.data.dataset import Dataset
+from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, FOLD_FLOPS, FOLDS_DONE
+from pipeline.run_config import split_run_config
+
+FOLD_RESULTS_FILE = "folds.json"
+
+# Fault injection for the failure path's end-to-end tests: with this variable set to a
+# directory, the first trial of the search to finish fold 1 claims a marker file there and
+# then diverges (NaN loss); every other trial runs normally.
+INJECT_NAN_ENV = "DYNALAY_INJECT_NAN_DIR"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of one search shares (the space's fixed part)."""
+
+    dataset: str
+    model: str
+    folds: int = 9
+    seed: int = 0
+    data_dir: str | None = None
+    #: Run-config keys every trial shares (epochs, batch size, width, ...).
+    fixed: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    threads: int = 1
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    accuracy: float
+    flops: float
+    time_ms: float
+    train_seconds: float
+    action_freq: list[float]
+    mean_iterations: list[float]
+
+
+def fold_indices(dataset: Dataset, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The search's folds: stratified for class labels, plain k-fold for sequence targets."""
+    y = dataset.train.y.numpy()
+    index = np.arange(len(y))
+    if y.ndim == 1:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(splitter.split(index, y))
+    return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(index))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(name: str, data_dir: str | None, seed: int) -> Dataset:
+    # Ray reuses worker processes between trials; the data is read once per process.
+    return load_dataset(name, data_dir=data_dir, seed=seed)
+
+
+def run_fold(
+    dataset: Dataset,
+    train_index: np.ndarray,
+    test_index: np.ndarray,
+    run_config: dict[str, Any],
+    device: torch.device,
+    fold: int,
+) -> FoldResult:
+    """Train a fresh model on ``train_index`` and score it on ``test_index``."""
+    model_cfg, train_cfg = split_run_config(run_config)
+    x, y = dataset.train.x, dataset.train.y
+    train = TensorPair(x[train_index], y[train_index])
+    held_out = TensorPair(x[test_index], y[test_index])
+    model = build_model(model_cfg, dataset.spec)
+    started = time.perf_counter()
+    fit(model, train, train_cfg, device, augment=training_augmentation(dataset.name, train_cfg.seed))
+    train_seconds = time.perf_counter() - started
+    if fold == 1 and _claim_injected_fault():
+        raise DivergenceError(f"loss is nan at fold {fold} (injected by {INJECT_NAN_ENV})")
+    result = evaluate(model, held_out, device)
+    if not all(math.isfinite(v) for v in (result.accuracy, result.flops_per_sample)):
+        raise DivergenceError(f"non-finite evaluation at fold {fold}")
+    return FoldResult(
+        fold=fold,
+        accuracy=float(result.accuracy),
+        flops=float(result.flops_per_sample),
+        time_ms=float(result.time_ms_per_sample),
+        train_seconds=train_seconds,
+        action_freq=[float(v) for v in result.action_freq],
+        mean_iterations=[float(v) for v in result.mean_iterations],
+    )
+
+
+def summarize(done: list[FoldResult]) -> dict[str, float]:
+    """The running cross-validation metrics over the folds done so far."""
+    accuracies = np.array([f.accuracy for f in done])
+    metrics = {
+        "cv_accuracy": float(accuracies.mean()),
+        "cv_accuracy_std": float(accuracies.std()),
+        "cv_flops": float(np.mean([f.flops for f in done])),
+        "cv_time_ms": float(np.mean([f.time_ms for f in done])),
+    }
+    iterations = np.mean([f.mean_iterations for f in done], axis=0)
+    actions = np.mean([f.action_freq for f in done], axis=0)
+    metrics.update({f"mean_iterations_l{i + 1}": float(v) for i, v in enumerate(iterations)})
+    metrics.update({f"action_freq_{a}": float(v) for a, v in enumerate(actions)})
+    return metrics
+
+
+def fold_report(done: list[FoldResult]) -> dict[str, Any]:
+    """What the trial reports after its last finished fold."""
+    last = done[-1]
+    return {
+        FOLD: last.fold,
+        FOLDS_DONE: len(done),
+        "fold_accuracy": last.accuracy,
+        "fold_flops": last.flops,
+        "fold_train_seconds": last.train_seconds,
+        # The whole history rides along, so any reader of a trial's last result (the pruning
+        # scheduler after a restore, the Optuna study) has the paired fold scores.
+        FOLD_ACCURACIES: [f.accuracy for f in done],
+        FOLD_FLOPS: [f.flops for f in done],
+        **summarize(done),
+    }
+
+
+def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    """The Ray Tune function trainable: run the folds not yet done, reporting after each."""
+    from ray import tune
+
+    torch.set_num_threads(max(1, settings.threads))
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dataset = _cached_dataset(settings.dataset, settings.data_dir, settings.seed)
+    folds = fold_indices(dataset, settings.folds, settings.seed)
+    run_config = {"model": settings.model, "seed": settings.seed, **settings.fixed, **config}
+    done = _restore(tune.get_checkpoint())
+    if len(done) == settings.folds:
+        # Restored after its last fold (the driver died before recording the end): report
+        # the final result again instead of training anything.
+        tune.report(fold_report(done))
+        return
+    for fold in range(len(done), settings.folds):
+        train_index, test_index = folds[fold]
+        try:
+            done.append(run_fold(dataset, train_index, test_index, run_config, device, fold))
+        except DivergenceError as exc:
+            report = fold_report(done) if done else {FOLDS_DONE: len(done)}
+            tune.report({**report, FOLD: fold, ERROR: str(exc)})
+            return
+        with tempfile.TemporaryDirectory() as checkpoint_dir:
+            Path(checkpoint_dir, FOLD_RESULTS_FILE).write_text(
+                json.dumps([asdict(f) for f in done])
+            )
+            tune.report(
+                fold_report(done), checkpoint=tune.Checkpoint.from_directory(checkpoint_dir)
+            )
+
+
+def _restore(checkpoint: Any) -> list[FoldResult]:
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as directory:
+        path = Path(directory, FOLD_RESULTS_FILE)
+        return [FoldResult(**f) for f in json.loads(path.read_text())] if path.exists() else []
+
+
+def _claim_injected_fault() -> bool:
+    directory = os.environ.get(INJECT_NAN_ENV)
+    if not directory:
+        return False
+    try:
+        os.close(os.open(Path(directory, "nan-injected"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True

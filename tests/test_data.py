@@ -1,0 +1,444 @@
+"""The data readers on small files in the real formats, and the batch augmentation."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data import (
+    BatchAugment,
+    Dataset,
+    dataset_names,
+    load_dataset,
+    training_augmentation,
+)
+from pipeline.data.augment import flip_and_translate
+from pipeline.data.wikitext import load_wikitext2
+from pipeline.errors import UsageError
+from tests.fixtures_data import (
+    CIFAR_ARCHIVE,
+    CIFAR_FOLDER,
+    IMDB_REVIEWS,
+    WIKI_TEST,
+    WIKI_TRAIN,
+    write_cifar,
+    write_imdb,
+    write_wikitext,
+)
+
+torch.set_num_threads(1)
+
+
+def _standardised(pixels: np.ndarray, train_pixels: np.ndarray) -> np.ndarray:
+    """What the reader must return: ``[0, 1]`` images standardised by train channel stats."""
+    def images(raw: np.ndarray) -> np.ndarray:
+        return raw.reshape(-1, 3, 32, 32).astype(np.float64) / 255.0
+
+    train = images(train_pixels)
+    mean = train.mean(axis=(0, 2, 3), keepdims=True)
+    std = train.std(axis=(0, 2, 3), keepdims=True, ddof=1)
+    return (images(pixels) - mean) / std
+
+
+# ------------------------------------------------------------------------------------ registry
+
+
+def test_registry_names_every_data_set() -> None:
+    assert dataset_names() == ("digits", "cifar10", "cifar100", "wikitext2", "imdb", "synthetic")
+
+
+def test_unknown_data_set_is_a_usage_error_listing_the_known_ones() -> None:
+    with pytest.raises(UsageError, match=r"unknown data set 'mnist' \(known: digits, cifar10"):
+        load_dataset("mnist")
+
+
+def test_only_cifar_trains_with_augmentation() -> None:
+    assert isinstance(training_augmentation("cifar10"), BatchAugment)
+    assert isinstance(training_augmentation("cifar100"), BatchAugment)
+    for name in ("digits", "wikitext2", "imdb", "synthetic"):
+        assert training_augmentation(name) is None
+
+
+# -------------------------------------------------------------------------------------- digits
+
+
+def test_digits_is_a_seeded_stratified_80_20_split() -> None:
+    first, again, other = (load_dataset("digits", seed=s) for s in (0, 0, 1))
+    assert isinstance(first, Dataset)
+    assert first.spec.task == "image" and first.spec.input_shape == (1, 8, 8)
+    assert first.spec.num_classes == 10 and first.difficulty_test is None
+    assert first.train.x.shape == (1437, 1, 8, 8) and first.test.x.shape == (360, 1, 8, 8)
+    assert first.train.x.dtype == torch.float32 and first.train.y.dtype == torch.int64
+    assert torch.equal(first.test.x, again.test.x) and torch.equal(first.test.y, again.test.y)
+    assert not torch.equal(first.test.y, other.test.y)
+    # Stratified: each class's test share is its overall share, to within one image.
+    counts = torch.bincount(first.test.y, minlength=10) + torch.bincount(first.train.y, minlength=10)
+    assert (torch.bincount(first.test.y, minlength=10) - 0.2 * counts).abs().max() <= 1
+
+
+def test_digits_are_standardised_by_the_train_split() -> None:
+    train = load_dataset("digits").train.x
+    assert abs(train.mean().item()) < 1e-5
+    assert abs(train.std().item() - 1.0) < 1e-4
+
+
+# --------------------------------------------------------------------------------------- CIFAR
+
+
+@pytest.mark.parametrize("form", ["tar", "folder"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_reads_the_release(tmp_path: Path, name: str, form: str) -> None:
+    written = write_cifar(tmp_path, name, form)
+    dataset = load_dataset(name, tmp_path)
+    assert dataset.spec.task == "image" and dataset.spec.input_shape == (3, 32, 32)
+    assert dataset.spec.num_classes == (10 if name == "cifar10" else 100)
+    assert dataset.train.x.dtype == torch.float32
+    assert np.array_equal(dataset.train.y.numpy(), written.train_labels)  # fine labels for 100
+    assert np.array_equal(dataset.test.y.numpy(), written.test_labels)
+    expected_train = _standardised(written.train_pixels, written.train_pixels)
+    expected_test = _standardised(written.test_pixels, written.train_pixels)
+    np.testing.assert_allclose(dataset.train.x.numpy(), expected_train, atol=1e-5)
+    np.testing.assert_allclose(dataset.test.x.numpy(), expected_test, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["tar", "folder"])
+def test_cifar_data_dir_may_be_the_tarball_or_folder_itself(tmp_path: Path, form: str) -> None:
+    written = write_cifar(tmp_path, "cifar10", form)
+    dataset = load_dataset("cifar10", written.path)
+    assert np.array_equal(dataset.test.y.numpy(), written.test_labels)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def _corrupt_folder_batch(folder: Path, how: str, tmp_path: Path) -> str:
+    """Damage ``data_batch_3`` of an extracted CIFAR-10 folder; return the expected message."""
+    path = folder / "data_batch_3"
+    batch = pickle.loads(path.read_bytes())
+    if how == "truncated":
+        _truncate(path)
+        return r"data_batch_3: .*(truncated|corrupt)"
+    if how == "garbage":
+        path.write_bytes(os.urandom(5000))
+        return r"data_batch_3: not a CIFAR batch pickle"
+    if how == "code":
+        path.write_bytes(pickle.dumps({b"data": _RunsCode(tmp_path / "pwned")}))
+        return r"data_batch_3: .*refuses the global"
+    if how == "not a dict":
+        path.write_bytes(pickle.dumps([1, 2, 3]))
+        return r"data_batch_3: not a CIFAR batch \(a pickled list"
+    if how == "no labels":
+        del batch[b"labels"]
+        path.write_bytes(pickle.dumps(batch))
+        return r"data_batch_3: no b'labels' entry"
+    if how == "wrong shape":
+        batch[b"data"] = batch[b"data"][:, :1024]
+        path.write_bytes(pickle.dumps(batch))
+        return r"data_batch_3: b'data' is uint8 of shape \(6, 1024\), expected uint8 N×3072"
+    if how == "label count":
+        batch[b"labels"] = batch[b"labels"][:-1]
+        path.write_bytes(pickle.dumps(batch))
+        return r"data_batch_3: b'labels' must hold 6 integer labels"
+    if how == "label range":
+        batch[b"labels"][0] = 10
+        path.write_bytes(pickle.dumps(batch))
+        return r"data_batch_3: b'labels' has labels outside 0..9"
+    if how == "missing":
+        path.unlink()
+        return r"data_batch_3: missing"
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["truncated", "garbage", "code", "not a dict", "no labels", "wrong shape", "label count",
+     "label range", "missing"],
+)
+def test_a_malformed_cifar_batch_is_a_usage_error_naming_it(tmp_path: Path, how: str) -> None:
+    written = write_cifar(tmp_path, "cifar10", "folder")
+    expected = _corrupt_folder_batch(written.path, how, tmp_path)
+    with pytest.raises(UsageError, match=expected):
+        load_dataset("cifar10", tmp_path)
+    assert not (tmp_path / "pwned").exists()  # the refused global never ran
+
+
+def test_a_truncated_cifar_tarball_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    written = write_cifar(tmp_path, "cifar100", "tar")
+    _truncate(written.path)
+    with pytest.raises(UsageError, match=re.escape(CIFAR_ARCHIVE["cifar100"])):
+        load_dataset("cifar100", tmp_path)
+
+
+def test_a_cifar_tarball_without_a_batch_is_a_usage_error(tmp_path: Path) -> None:
+    archive = tmp_path / CIFAR_ARCHIVE["cifar10"]
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{CIFAR_FOLDER['cifar10']}/readme.html")
+        tar.addfile(info)
+    with pytest.raises(UsageError, match=r"has no member cifar-10-batches-py/data_batch_1"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_cifar_without_files_says_what_to_place_where(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"neither cifar-10-python.tar.gz nor cifar-10-batches-py/"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(UsageError, match=r"no such directory"):
+        load_dataset("cifar10", tmp_path / "absent")
+    with pytest.raises(UsageError, match=r"none was given"):
+        load_dataset("cifar100")
+
+
+def test_cifar_download_without_torchvision_says_what_to_place_where(tmp_path: Path) -> None:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        pass
+    else:
+        pytest.skip("torchvision imports here; --download would try the network")
+    with pytest.raises(
+        UsageError, match=r"--download needs torchvision.*place cifar-10-python.tar.gz"
+    ):
+        load_dataset("cifar10", tmp_path, download=True)
+
+
+# ---------------------------------------------------------------------------------- WikiText-2
+
+
+def _words(text: str) -> list[str]:
+    return [word for line in text.splitlines() if line.strip() for word in [*line.split(), "<eos>"]]
+
+
+def test_wikitext2_windows_are_next_token_pairs(tmp_path: Path) -> None:
+    dataset = load_wikitext2(write_wikitext(tmp_path).parent, seq_len=8)
+    x, y = dataset.train.x, dataset.train.y
+    assert x.dtype == torch.int64 and x.shape[1] == 8 and x.shape == y.shape
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one token ...
+    assert torch.equal(x[1:, 0], y[:-1, -1])  # ... across window boundaries too
+    words = _words(WIKI_TRAIN)
+    assert x.shape[0] == (len(words) - 1) // 8
+    # The ids stand for the words one to one: equal ids exactly where the words are equal.
+    stream = x.flatten().numpy()
+    _, codes = np.unique(np.array(words[: stream.size]), return_inverse=True)
+    pairs = set(zip(codes.tolist(), stream.tolist()))
+    assert len(pairs) == len(set(codes.tolist())) == len(set(stream.tolist()))
+
+
+def test_wikitext2_vocabulary_comes_from_train_and_test_words_outside_it_are_unk(
+    tmp_path: Path,
+) -> None:
+    dataset = load_wikitext2(write_wikitext(tmp_path, nested=False), seq_len=4)
+    train_words, test_words = _words(WIKI_TRAIN), _words(WIKI_TEST)
+    vocabulary = set(train_words) | {"<unk>", "<eos>"}
+    assert dataset.spec.task == "language_model"
+    assert dataset.spec.vocab_size == dataset.spec.num_classes == len(vocabulary)
+    train_ids = dataset.train.x.flatten().tolist()
+    test_ids = dataset.test.x.flatten().tolist()
+    assert max(train_ids) < len(vocabulary)
+    id_of = dict(zip(train_words, train_ids))
+    unk = id_of["<unk>"]
+    expected = [id_of.get(word, unk) for word in test_words[: len(test_ids)]]
+    assert test_ids == expected
+    assert any(word not in vocabulary for word in test_words)  # the fixture does test OOV
+
+
+def test_wikitext2_default_load(tmp_path: Path) -> None:
+    write_wikitext(tmp_path)
+    dataset = load_dataset("wikitext2", tmp_path)
+    assert dataset.spec.input_shape == (35,)
+    assert dataset.train.x.shape[1] == dataset.test.y.shape[1] == 35
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("empty train", r"wiki.train.tokens: empty"),
+        ("blank train", r"wiki.train.tokens: empty"),
+        ("no test", r"wiki.test.tokens: missing"),
+        ("binary test", r"wiki.test.tokens: not UTF-8 text"),
+        ("short test", r"wiki.test.tokens: 3 tokens, too few for one sequence of 35"),
+        ("no files", r"no wiki.train.tokens there or in wikitext-2/"),
+    ],
+)
+def test_a_malformed_wikitext2_folder_is_a_usage_error(
+    tmp_path: Path, damage: str, expected: str
+) -> None:
+    folder = write_wikitext(tmp_path)
+    if damage == "empty train":
+        (folder / "wiki.train.tokens").write_text("")
+    elif damage == "blank train":
+        (folder / "wiki.train.tokens").write_text(" \n \n")
+    elif damage == "no test":
+        (folder / "wiki.test.tokens").unlink()
+    elif damage == "binary test":
+        (folder / "wiki.test.tokens").write_bytes(b"\xff\xfe\x00 game")
+    elif damage == "short test":
+        (folder / "wiki.test.tokens").write_text(" the game \n")
+    elif damage == "no files":
+        for path in folder.iterdir():
+            path.unlink()
+    with pytest.raises(UsageError, match=expected):
+        load_dataset("wikitext2", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- IMDB
+
+
+def _imdb_vocabulary_size() -> int:
+    """Train words seen twice or more, tokenised as the reader promises, plus <pad> and <unk>."""
+    counts = Counter(
+        word
+        for reviews in IMDB_REVIEWS.values()
+        for review in reviews
+        for word in re.findall(r"\w+|[^\w\s]+", review.replace("<br />", " ").lower())
+    )
+    return 2 + sum(count >= 2 for count in counts.values())
+
+
+def test_imdb_reads_the_acl_tree(tmp_path: Path) -> None:
+    write_imdb(tmp_path)
+    dataset = load_dataset("imdb", tmp_path, seed=0)
+    assert dataset.spec.task == "sequence" and dataset.spec.num_classes == 2
+    assert dataset.spec.input_shape == (256,)
+    assert dataset.spec.vocab_size == _imdb_vocabulary_size()
+    x, y = dataset.train.x, dataset.train.y
+    assert x.dtype == torch.int64 and x.shape == (6, 256)
+    assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert int(x.max()) < dataset.spec.vocab_size
+    # Short reviews are padded with id 0 on the left, so each row ends in words.
+    assert bool((x[:, 0] == 0).all()) and bool((x[:, -1] != 0).all())
+    padding = (x == 0).int()
+    assert bool((padding[:, 1:] <= padding[:, :-1]).all())  # no pad after the first word
+    # The test split holds the same reviews and is tokenised by the same tokenizer.
+    train_rows = {(tuple(row), label) for row, label in zip(x.tolist(), y.tolist())}
+    test_rows = {(tuple(row), label) for row, label in zip(dataset.test.x.tolist(), dataset.test.y.tolist())}
+    assert train_rows == test_rows
+
+
+def test_imdb_order_is_shuffled_by_seed(tmp_path: Path) -> None:
+    folder = write_imdb(tmp_path)
+    first, again = load_dataset("imdb", folder, seed=0), load_dataset("imdb", folder, seed=0)
+    orders = {tuple(load_dataset("imdb", folder, seed=s).train.y.tolist()) for s in range(6)}
+    assert torch.equal(first.train.x, again.train.x)
+    assert len(orders) > 1
+
+
+def test_imdb_truncates_long_reviews_to_their_start(tmp_path: Path) -> None:
+    folder = write_imdb(tmp_path)
+    long_review = " ".join(["great"] * 300 + ["awful"] * 10)
+    (folder / "train" / "pos" / "9_10.txt").write_text(long_review)
+    dataset = load_dataset("imdb", tmp_path)
+    row = dataset.train.x[dataset.train.x[:, 0] != 0]
+    assert row.shape == (1, 256) and row.unique().numel() == 1  # only "great"
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("no neg", r"aclImdb/test/neg: missing"),
+        ("empty pos", r"aclImdb/train/pos: no \*.txt reviews"),
+        ("no test", r"aclImdb/test: missing"),
+        ("binary review", r"1_3.txt: not UTF-8 text"),
+        ("no tree", r"no aclImdb/ folder there"),
+    ],
+)
+def test_a_malformed_acl_imdb_tree_is_a_usage_error(
+    tmp_path: Path, damage: str, expected: str
+) -> None:
+    folder = write_imdb(tmp_path / "data")
+    if damage == "no neg":
+        for path in (folder / "test" / "neg").iterdir():
+            path.unlink()
+        (folder / "test" / "neg").rmdir()
+    elif damage == "empty pos":
+        for path in (folder / "train" / "pos").glob("*.txt"):
+            path.unlink()
+    elif damage == "no test":
+        (folder / "test").rename(folder / "test_elsewhere")
+    elif damage == "binary review":
+        (folder / "train" / "neg" / "1_3.txt").write_bytes(b"\x80\x81 bad")
+    elif damage == "no tree":
+        folder.rename(tmp_path / "data" / "aclImdb_elsewhere")
+    with pytest.raises(UsageError, match=expected):
+        load_dataset("imdb", tmp_path / "data")
+
+
+def test_imdb_data_dir_may_be_the_acl_folder_itself(tmp_path: Path) -> None:
+    folder = write_imdb(tmp_path)
+    assert load_dataset("imdb", folder).train.x.shape == (6, 256)
+
+
+# ------------------------------------------------------------------------------- augmentation
+
+
+def _reflect_padded(x: torch.Tensor, pad: int) -> np.ndarray:
+    """Reflection padding by NumPy, independent of the torch code under test."""
+    return np.pad(x.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+
+
+def _transform_of(original: torch.Tensor, padded: np.ndarray, result: torch.Tensor,
+                  pad: int) -> set[tuple[bool, int, int]]:
+    """Every (flip, dy, dx) that turns ``original``'s padded image into ``result``."""
+    height, width = original.shape[-2:]
+    found = set()
+    for flip in (False, True):
+        for dy in range(-pad, pad + 1):
+            for dx in range(-pad, pad + 1):
+                window = padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+                if flip:
+                    window = window[:, :, ::-1]
+                if np.array_equal(window, result.numpy()):
+                    found.add((flip, dy, dx))
+    return found
+
+
+@pytest.mark.parametrize("pad", [2, 4])
+def test_augmentation_is_a_flip_and_translation_of_each_image(pad: int) -> None:
+    x = torch.randn(32, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    result = BatchAugment(pad=pad, seed=7)(x)
+    assert result.shape == x.shape and result.dtype == x.dtype
+    padded = _reflect_padded(x, pad)
+    transforms = [_transform_of(x[i], padded[i], result[i], pad) for i in range(len(x))]
+    assert all(transforms), "an image is no flip/translation of its input"
+    chosen = [min(t) for t in transforms]
+    assert {flip for flip, _, _ in chosen} == {False, True}  # both happen in 32 draws
+    assert len({(dy, dx) for _, dy, dx in chosen}) > 4
+
+
+def test_flip_and_translate_applies_the_given_amounts_exactly() -> None:
+    x = torch.arange(2 * 1 * 5 * 6, dtype=torch.float32).view(2, 1, 5, 6)
+    flip = torch.tensor([False, True])
+    shift = torch.tensor([[1, -2], [0, 0]])
+    result = flip_and_translate(x, flip, shift, pad=2)
+    padded = _reflect_padded(x, 2)
+    assert np.array_equal(result[0].numpy(), padded[0, :, 3:8, 0:6])
+    assert torch.equal(result[1], x[1].flip(-1))
+
+
+def test_augmentation_is_deterministic_by_seed() -> None:
+    x = torch.randn(16, 3, 8, 8)
+    first, same, other = BatchAugment(seed=1), BatchAugment(seed=1), BatchAugment(seed=2)
+    outputs = [first(x), first(x)]
+    assert torch.equal(outputs[0], same(x)) and torch.equal(outputs[1], same(x))
+    assert not torch.equal(outputs[0], outputs[1])  # a fresh draw per batch
+    assert not torch.equal(outputs[0], other(x))
+
+
+def test_augmentation_without_flip_or_pad_is_the_identity() -> None:
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(BatchAugment(pad=0, flip=False)(x), x)

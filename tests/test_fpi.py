@@ -1,0 +1,162 @@
+"""FPI layers: forward convergence, the contraction bound, and the three backward modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models.backbones import LSTMInjection
+from models.contraction import ContractiveConv, tap_norm_bound
+from models.fpi import FPILayer, fixed_point_iteration
+
+torch.set_num_threads(1)
+
+
+def conv_layer(channels: int = 4, contraction: float | None = 0.9, **options: object) -> FPILayer:
+    inject = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.GroupNorm(2, channels))
+    state = ContractiveConv(channels, 3, spatial_dims=2, contraction=contraction)
+    return FPILayer(inject, state, nn.ReLU(), **options)  # type: ignore[arg-type]
+
+
+def lstm_layer(hidden: int = 6, contraction: float | None = 0.9, **options: object) -> FPILayer:
+    state = ContractiveConv(hidden, 3, spatial_dims=1, contraction=contraction)
+    return FPILayer(LSTMInjection(5, hidden), state, nn.Tanh(), **options)  # type: ignore[arg-type]
+
+
+def conv_input(seed: int, batch: int = 3) -> torch.Tensor:
+    return torch.randn(batch, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def lstm_input(seed: int, batch: int = 3) -> torch.Tensor:
+    return torch.randn(batch, 7, 5, generator=torch.Generator().manual_seed(seed))
+
+
+def gradients(layer: FPILayer, x: torch.Tensor, probe: torch.Tensor) -> list[torch.Tensor]:
+    """d(Σ probe·z*)/d(parameters and input)."""
+    x = x.clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    z = layer(x).z
+    (z * probe).sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    return grads + [x.grad.clone()]
+
+
+def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    num = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(a, b)))
+    den = torch.sqrt(sum((q**2).sum() for q in b))
+    return float(num / den)
+
+
+EXACT = dict(tol=1e-13, max_iter=1000, bwd_tol=1e-13)
+
+
+@pytest.mark.parametrize("make_layer, make_input", [(conv_layer, conv_input), (lstm_layer, lstm_input)])
+def test_implicit_gradient_matches_unrolled_iterations(make_layer, make_input) -> None:
+    torch.manual_seed(0)
+    layer = make_layer(**EXACT).double()
+    x = make_input(1).double()
+    with torch.no_grad():
+        probe = torch.randn_like(layer(x).z)
+
+    layer.backward_mode = "unroll"
+    truth = gradients(layer, x, probe)
+    layer.backward_mode = "implicit"
+    implicit = gradients(layer, x, probe)
+    layer.backward_mode = "jfb"
+    jfb = gradients(layer, x, probe)
+
+    assert relative_error(implicit, truth) < 1e-3
+    assert relative_error(jfb, truth) > 1e-2  # one step is not the implicit gradient
+    assert all(torch.isfinite(g).all() for g in jfb)
+
+
+@pytest.mark.parametrize("make_layer, make_input", [(conv_layer, conv_input), (lstm_layer, lstm_input)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_contractive_forward_always_converges(make_layer, make_input, seed: int) -> None:
+    torch.manual_seed(seed)
+    layer = make_layer(tol=1e-5, max_iter=300)
+    with torch.no_grad():
+        for p in layer.parameters():  # large random weights: the state path is rescaled anyway
+            p.mul_(5.0)
+        fp = layer(make_input(seed, batch=8) * 3.0)
+    assert bool(fp.converged.all())
+    assert bool((fp.iterations < 300).all()) and bool((fp.iterations >= 1).all())
+    assert bool((fp.residuals < 1e-5).all())
+    # the returned state is a fixed point to the tolerance
+    with torch.no_grad():
+        u = layer.inject(make_input(seed, batch=8) * 3.0)
+        again = layer.f(fp.z, u)
+    rel = (again - fp.z).flatten(1).norm(dim=1) / again.flatten(1).norm(dim=1)
+    assert bool((rel < 1e-4).all())
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (2, 4, 5, 5)), (1, (2, 9, 4))])
+def test_state_path_operator_norm_is_below_the_contraction(spatial_dims: int, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    state = ContractiveConv(4, 3, spatial_dims=spatial_dims, contraction=0.9).double()
+    assert state.norm_bound() == pytest.approx(0.9)
+    # power iteration on sᵀs estimates the true operator norm from below; it must respect the bound
+    v = torch.randn(shape, dtype=torch.float64)
+    for _ in range(200):
+        v = v.requires_grad_()
+        out = state(v)
+        (vjp,) = torch.autograd.grad(out, v, out)  # sᵀ s v (s is linear)
+        v = (vjp / vjp.norm()).detach()
+    with torch.no_grad():
+        sigma = float(state(v).norm())
+    assert 0.0 < sigma <= 0.9 + 1e-9
+    with torch.no_grad():
+        assert float(tap_norm_bound(state.effective_weight())) == pytest.approx(0.9)
+
+
+def test_iterations_are_per_sample_and_match_solving_alone() -> None:
+    torch.manual_seed(0)
+    layer = conv_layer(tol=1e-6, max_iter=100)
+    x = conv_input(3, batch=6)
+    x[2] = 0.0  # a constant input: its plain output is (nearly) its fixed point already
+    with torch.no_grad():
+        batch = layer(x)
+        alone = [layer(x[i : i + 1]) for i in range(x.shape[0])]
+    expected = torch.cat([fp.iterations for fp in alone])
+    assert torch.equal(batch.iterations, expected)
+    assert batch.iterations.dtype == torch.int64 and batch.iterations.shape == (6,)
+    assert len(set(batch.iterations.tolist())) > 1  # samples stop at different times
+    torch.testing.assert_close(batch.z, torch.cat([fp.z for fp in alone]), rtol=1e-5, atol=1e-6)
+
+
+def test_converged_samples_stop_costing_applications() -> None:
+    calls: list[int] = []
+
+    def halve(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        calls.append(z.shape[0])
+        return 0.5 * z + u
+
+    u = torch.tensor([[1.0], [0.0]])
+    z0 = torch.tensor([[0.0], [0.0]])  # fixed points 2 and 0: sample 1 starts at its own
+    fp = fixed_point_iteration(halve, u, z0, tol=1e-3, max_iter=50)
+    assert fp.iterations.tolist()[1] == 1
+    assert fp.iterations.tolist()[0] > 5
+    assert calls[0] == 2 and all(c == 1 for c in calls[1:])  # the finished sample left the batch
+    assert sum(calls) == int(fp.iterations.sum())
+
+
+@pytest.mark.parametrize("make_layer, make_input", [(conv_layer, conv_input), (lstm_layer, lstm_input)])
+def test_non_contractive_layer_reports_hitting_max_iter(make_layer, make_input) -> None:
+    torch.manual_seed(0)
+    layer = make_layer(contraction=None, tol=1e-5, max_iter=15)
+    with torch.no_grad():
+        layer.state.weight.mul_(20.0)  # an expansive state path
+        fp = layer(make_input(0, batch=4))
+    assert torch.equal(fp.iterations, torch.full((4,), 15))
+    assert not bool(fp.converged.any())
+    assert bool((fp.residuals > 1e-5).all())
+
+
+def test_plain_layer_is_f_at_zero() -> None:
+    torch.manual_seed(0)
+    layer = conv_layer()
+    x = conv_input(0)
+    with torch.no_grad():
+        plain, u = layer.plain(x)
+        torch.testing.assert_close(layer.f(torch.zeros_like(plain), u), plain)
