@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``dynalay`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    """Run ``dynalay`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
@@ -64,7 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description="DynaLay Search: train DynaLay models and search their accuracy-compute "
         "Pareto front.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     _add_train(commands)
     search_cli.register(commands)
     return parser
@@ -82,7 +84,8 @@ def _add_train(commands: Any) -> None:
         "flags.",
     )
     train.add_argument("--model", metavar="NAME",
-                       help="dynalay, plain, fpi1, fpi2, fpi3 or deq (default: 'model' in --config)")
+                       help="dynalay, plain, fpi1, fpi2, fpi3 or deq "
+                       "(default: 'model' in --config)")
     train.add_argument("--dataset", metavar="NAME",
                        help="digits, cifar10, cifar100, wikitext2, imdb or synthetic "
                        "(default: 'dataset' in --config)")
@@ -90,7 +93,8 @@ def _add_train(commands: Any) -> None:
                        help="YAML of flat run-config keys (ModelConfig/TrainConfig field names, "
                        "model, dataset)")
     train.add_argument("--epochs", type=int, metavar="N", help="training epochs, warm-up included")
-    train.add_argument("--device", metavar="D", help="torch device (default: cuda if available, else cpu)")
+    train.add_argument("--device", metavar="D",
+                       help="torch device (default: cuda if available, else cpu)")
     train.add_argument("--seed", type=int, metavar="S",
                        help="seeds the data split, the batch order and the model's randomness")
     train.add_argument("--data-dir", metavar="DIR", help="folder holding the data set's files")
@@ -105,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from models.factory import build_model
-    from models.training import evaluate, fit
+    from models.training import DivergenceError, evaluate, fit
     from pipeline.data import load_dataset, training_augmentation
     from pipeline.run_config import load_run_config, split_run_config
 
@@ -126,8 +130,13 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(train_cfg.seed)  # the model's initial weights
     model = build_model(model_cfg, dataset.spec)
     started = time.perf_counter()
-    history = fit(model, dataset.train, train_cfg, device, progress=not args.no_progress,
-                  augment=augment)
+    try:
+        history = fit(model, dataset.train, train_cfg, device, progress=not args.no_progress,
+                      augment=augment)
+    except DivergenceError as error:
+        # A failed run, not bad input: one line like every error, but exit code 1.
+        print(f"{PROG}: error: training diverged: {error}", file=sys.stderr)
+        return 1
     train_seconds = time.perf_counter() - started
     result = evaluate(model, dataset.test, device)
 
@@ -174,12 +183,15 @@ def _resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        raise UsageError(
+            f"--device {name!r}: not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {name}: CUDA is not available here")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            count = torch.cuda.device_count()
+            raise UsageError(f"--device {name}: only {count} CUDA device(s) here")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {name}: MPS is not available here")
     elif device.type not in ("cpu", "cuda", "mps"):

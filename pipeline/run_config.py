@@ -79,7 +79,7 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
         )
     for key in values:
         if not isinstance(key, str) or key.startswith("_"):
-            raise UsageError(f"{label}: unknown key {key!r} (known: {', '.join(run_config_keys())})")
+            raise UsageError(f"{label}: {_unknown_key(key)}")
     split_run_config(values, source=label)
     return values
 
@@ -108,7 +108,8 @@ def split_run_config(
             continue
         if key == MODEL_KEY:
             if value not in MODEL_KINDS:
-                raise UsageError(f"{source}: unknown model {value!r} (known: {', '.join(MODEL_KINDS)})")
+                known = ", ".join(MODEL_KINDS)
+                raise UsageError(f"{source}: unknown model {value!r} (known: {known})")
             if "kind" in values and values["kind"] != value:
                 raise UsageError(
                     f"{source}: model {value!r} and kind {values['kind']!r} disagree "
@@ -120,11 +121,15 @@ def split_run_config(
         elif key in _TRAIN_FIELDS:
             train_values[key] = value
         else:
-            raise UsageError(f"{source}: unknown key {key!r} (known: {', '.join(run_config_keys())})")
+            raise UsageError(f"{source}: {_unknown_key(key)}")
     return (
         _validate(_MODEL_ADAPTER, model_values, source),
         _validate(_TRAIN_ADAPTER, train_values, source),
     )
+
+
+def _unknown_key(key: object) -> str:
+    return f"unknown key {key!r} (known: {', '.join(run_config_keys())})"
 
 
 def _validate(adapter: TypeAdapter[Any], values: dict[str, Any], source: str) -> Any:

@@ -162,6 +162,23 @@ def run_search(options: SearchOptions) -> None:
             ),
         )
     tuner.fit()
+    _fail_orphans(options.resolved_storage, options.experiment)
+
+
+def _fail_orphans(storage: str, study_name: str) -> None:
+    """Mark FAIL the Optuna trials a dead driver had asked for but Ray Tune never ran.
+
+    A driver killed between asking Optuna for a configuration and saving Ray Tune's
+    experiment state leaves a RUNNING trial that no restored searcher knows; once the search
+    has ended nothing can finish it.
+    """
+    from optuna.trial import TrialState
+
+    rdb = _optuna_storage(storage)
+    study_id = rdb.get_study_id_from_name(study_name)
+    for trial in rdb.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        rdb.set_trial_user_attr(trial._trial_id, "error", "orphaned: the driver died before it ran")
+        rdb.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
 def _search_state(options: SearchOptions, experiment_dir: Path) -> dict[str, Any]:

@@ -116,7 +116,9 @@ WIKI_TRAIN = _wiki_text(
     "As with previous games , the game is a tactical role @-@ playing game .",
     "Troops are divided into five classes , and each class has a role in the game .",
 )
-WIKI_VALID = _wiki_text("", "= Homarus gammarus =", "", "Homarus gammarus is a species of clawed lobster .")
+WIKI_VALID = _wiki_text(
+    "", "= Homarus gammarus =", "", "Homarus gammarus is a species of clawed lobster ."
+)
 WIKI_TEST = _wiki_text(
     "",
     "= Robert Boulter =",

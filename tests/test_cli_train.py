@@ -26,7 +26,9 @@ torch.set_num_threads(1)
 
 _CONSOLE_SCRIPT = Path(sys.executable).with_name("dynalay")
 # The installed console script where there is one, else the module's __main__ guard.
-_DYNALAY = [str(_CONSOLE_SCRIPT)] if _CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
+_DYNALAY = (
+    [str(_CONSOLE_SCRIPT)] if _CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "pipeline.cli"]
+)
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +56,8 @@ _CONSOLE_CASES: dict[str, tuple[list[str], str]] = {
     ),
     "unknown data set": (
         ["train", "--model", "plain", "--dataset", "mnist"],
-        r"unknown data set 'mnist' \(known: digits, cifar10, cifar100, wikitext2, imdb, synthetic\)",
+        r"unknown data set 'mnist' "
+        r"\(known: digits, cifar10, cifar100, wikitext2, imdb, synthetic\)",
     ),
     "missing data dir": (
         ["train", "--model", "plain", "--dataset", "cifar10", "--data-dir", "{tmp}/absent"],
@@ -266,6 +269,23 @@ def test_cifar_trains_with_batch_augmentation(
     assert code == 0, capsys.readouterr().err
     assert augmented_batches == [(16, 3, 32, 32), (16, 3, 32, 32), (8, 3, 32, 32)]
     assert "plain on cifar10: 1 epochs on cpu" in capsys.readouterr().out
+
+
+def test_a_diverging_run_ends_with_one_line_and_exit_code_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import models.training
+
+    def diverging_fit(*args: object, **kwargs: object) -> list[dict[str, object]]:
+        raise models.training.DivergenceError("training loss is nan at epoch 0, step 3")
+
+    monkeypatch.setattr(models.training, "fit", diverging_fit)
+    code = main(["train", "--model", "plain", "--dataset", "digits", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert captured.err == (
+        "dynalay: error: training diverged: training loss is nan at epoch 0, step 3\n"
+    )
 
 
 def test_dynalay_reaches_95_percent_on_digits_in_10_epochs(

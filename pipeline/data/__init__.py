@@ -113,7 +113,9 @@ def load_dataset(
     return entry.read(folder, download, seed)
 
 
-def training_augmentation(name: str, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def training_augmentation(
+    name: str, seed: int = 0
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The batch augmentation to train ``name`` with, or None where it has none.
 
     CIFAR trains with :class:`BatchAugment` (flip and 4-pixel reflect-padded crop); the other

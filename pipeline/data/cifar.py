@@ -2,10 +2,10 @@
 
 The reader accepts, in ``data_dir``, either the tarball as distributed
 (``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``, read in place without extracting) or
-its extracted folder (``cifar-10-batches-py/`` / ``cifar-100-python/``); ``data_dir`` may also be
-that folder or that tarball itself. Each batch is a pickled dict with ``b'data'`` (uint8, N×3072, channel-major
-32×32 planes) and ``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100). The canonical
-train/test split is kept, so ``seed`` plays no part.
+its extracted folder (``cifar-10-batches-py/`` / ``cifar-100-python/``); ``data_dir`` may also
+be that folder or that tarball itself. Each batch is a pickled dict with ``b'data'`` (uint8,
+N×3072, channel-major 32×32 planes) and ``b'labels'`` (CIFAR-10) or ``b'fine_labels'``
+(CIFAR-100). The canonical train/test split is kept, so ``seed`` plays no part.
 """
 
 from __future__ import annotations
@@ -199,7 +199,9 @@ def _read_batches(layout: CifarLayout, source: Path) -> dict[str, tuple[np.ndarr
     return batches
 
 
-def _parse_batch(layout: CifarLayout, stream: IO[bytes], where: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_batch(
+    layout: CifarLayout, stream: IO[bytes], where: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Unpickle one batch and check it holds uint8 N×3072 images and N labels in range."""
     try:
         # Read fully first so a short file fails here and not halfway through unpickling.
@@ -208,9 +210,12 @@ def _parse_batch(layout: CifarLayout, stream: IO[bytes], where: str) -> tuple[np
         raise UsageError(f"{where}: truncated or unreadable ({error})") from None
     # Unpickling garbage can raise nearly anything (ValueError, KeyError, MemoryError, ...).
     except Exception as error:
-        raise UsageError(f"{where}: not a CIFAR batch pickle (truncated or corrupt: {error})") from None
+        raise UsageError(
+            f"{where}: not a CIFAR batch pickle (truncated or corrupt: {error})"
+        ) from None
     if not isinstance(batch, dict):
-        raise UsageError(f"{where}: not a CIFAR batch (a pickled {type(batch).__name__}, not a dict)")
+        kind = type(batch).__name__
+        raise UsageError(f"{where}: not a CIFAR batch (a pickled {kind}, not a dict)")
     # The release was pickled by Python 2, so its keys load as bytes; accept str keys too.
     entries = {key.decode("latin-1") if isinstance(key, bytes) else key: value
                for key, value in batch.items()}

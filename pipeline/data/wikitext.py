@@ -60,7 +60,9 @@ def _locate(data_dir: Path | None, download: bool) -> Path:
     """The folder holding ``wiki.train.tokens``: ``data_dir`` or ``data_dir/wikitext-2``."""
     place = f"place wiki.train.tokens and wiki.test.tokens (or a {_FOLDER}/ folder holding them)"
     if data_dir is None:
-        raise UsageError(f"wikitext2 is read from --data-dir, and none was given: {place} in a folder")
+        raise UsageError(
+            f"wikitext2 is read from --data-dir, and none was given: {place} in a folder"
+        )
     if not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir}: no such directory")
     for folder in (data_dir, data_dir / _FOLDER):
@@ -109,7 +111,8 @@ def _train_tokenizer(lines: list[str]) -> Tokenizer:
 def _encode(tokenizer: Tokenizer, lines: list[str]) -> torch.Tensor:
     """The token ids of ``lines`` as one int64 stream, each line ended by ``<eos>``."""
     encodings = tokenizer.encode_batch(lines)  # batched in the tokenizer's native code
-    return torch.from_numpy(np.concatenate([encoding.ids for encoding in encodings]).astype(np.int64))
+    ids = np.concatenate([encoding.ids for encoding in encodings]).astype(np.int64)
+    return torch.from_numpy(ids)
 
 
 def _windows(stream: torch.Tensor, seq_len: int, where: Path) -> TensorPair:
