@@ -215,12 +215,16 @@ cmd_up() {
     ) >"$LOG_DIR/head.log" 2>&1 &
     echo $! >"$STATE_DIR/head.pid"
 
+    # `ray start` writes the GCS address it really uses once the head is up: Ray swaps a
+    # loopback --node-ip-address for the host's routable IP on Linux, so it cannot be assumed.
+    local address_file="$RAY_TEMP_DIR/ray_current_cluster"
+    rm -f "$address_file"
+    wait_until "$UP_TIMEOUT" "the head node" test -s "$address_file" \
+        || die "the head node did not start within ${UP_TIMEOUT}s; see $LOG_DIR/head.log"
     wait_until "$UP_TIMEOUT" "the head's dashboard" dashboard_answers \
-        || die "the head node did not answer on $DASHBOARD_URL within ${UP_TIMEOUT}s; see $LOG_DIR/head.log"
-    # `ray start` writes the GCS address it really uses: Ray swaps a loopback --node-ip-address
-    # for the host's routable IP on Linux, so it cannot be assumed to be 127.0.0.1.
+        || die "the head's dashboard did not answer on $DASHBOARD_URL within ${UP_TIMEOUT}s; see $LOG_DIR/head.log"
     local gcs_address
-    gcs_address="$(cat "$RAY_TEMP_DIR/ray_current_cluster")"
+    gcs_address="$(cat "$address_file")"
 
     local index
     for ((index = 1; index <= WORKERS; index++)); do start_worker "$index" "$gcs_address"; done
@@ -287,15 +291,21 @@ cmd_env() {
 }
 
 cmd_down() {
-    local started=$SECONDS pid_file
+    local started=$SECONDS pid_file stoppers=()
     # Worker nodes first, all at once: a head stopped first leaves them retrying the GCS.
+    # (`wait` names its jobs: a bare `wait` would also wait for nodes this shell started.)
     for pid_file in "$STATE_DIR"/worker-*.pid; do
-        [[ -e "$pid_file" ]] && stop_group "$pid_file" 20 &
+        [[ -e "$pid_file" ]] || continue
+        stop_group "$pid_file" 20 &
+        stoppers+=($!)
     done
-    wait
+    ((${#stoppers[@]} == 0)) || wait "${stoppers[@]}"
+    stoppers=()
     stop_group "$STATE_DIR/head.pid" 20 &
+    stoppers+=($!)
     stop_group "$STATE_DIR/mlflow.pid" 20 &
-    wait
+    stoppers+=($!)
+    wait "${stoppers[@]}"
     if [[ -f "$STATE_FILE" ]]; then
         read_state
         if [[ "${DYNALAY_KEEP_RAY_LOGS:-0}" != 1 && -n "$RAY_TEMP_DIR" && -d "$RAY_TEMP_DIR" ]]; then

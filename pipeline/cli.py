@@ -119,7 +119,8 @@ def _train(args: argparse.Namespace) -> int:
     dataset_name = _required(args.dataset, values, "dataset", args.config)
     flags = {"model": model_name, "epochs": args.epochs, "seed": args.seed}
     merged = {**values, **{key: value for key, value in flags.items() if value is not None}}
-    model_cfg, train_cfg = split_run_config(merged, source="train options")
+    # The file's own values were checked as it loaded; what fails now came from the flags.
+    model_cfg, train_cfg = split_run_config(merged, source="command line")
     augment = training_augmentation(dataset_name, seed=train_cfg.seed)  # checks the name
     device = _resolve_device(args.device)
     json_path = Path(args.json) if args.json else None

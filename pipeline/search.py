@@ -252,6 +252,8 @@ def _init_ray(address: str | None) -> None:
     # Save the experiment state often: a driver killed between saves would otherwise restore
     # trials that had already ended as still running.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Inside a Ray job the cluster's address comes in RAY_ADDRESS.
+    address = address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

@@ -52,7 +52,7 @@ def _torchvision_imports() -> bool:
 _CONSOLE_CASES: dict[str, tuple[list[str], str]] = {
     "unknown model": (
         ["train", "--model", "resnet", "--dataset", "digits"],
-        r"unknown model 'resnet' \(known: dynalay, plain, fpi1, fpi2, fpi3, deq\)",
+        r"command line: unknown model 'resnet' \(known: dynalay, plain, fpi1, fpi2, fpi3, deq\)",
     ),
     "unknown data set": (
         ["train", "--model", "plain", "--dataset", "mnist"],
@@ -130,7 +130,7 @@ _IN_PROCESS_CASES: dict[str, tuple[list[str], str]] = {
     ),
     "zero epochs": (
         ["train", "--model", "plain", "--dataset", "digits", "--epochs", "0"],
-        r"train options: epochs=0 must be a positive integer",
+        r"command line: epochs=0 must be a positive integer",
     ),
     "unknown flag": (
         ["train", "--model", "plain", "--dataset", "digits", "--bogus"],
