@@ -44,7 +44,7 @@ DATASETS: dict[str, dict[str, dict[str, Any]]] = {
             "train": {"epochs": 6, "warmup_epochs": 3, "batch_size": 64, "lr": 3e-3},
         },
         "synthetic": {
-            "model": {"embed_dim": 32, "hidden": 64},
+            "model": {"embed_dim": 32, "hidden": 64, "max_iter": 15},
             "train": {"epochs": 4, "warmup_epochs": 2, "batch_size": 64, "lr": 3e-3},
         },
     },
@@ -60,8 +60,8 @@ DATASETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 MODES = {
-    "quick": {"seeds": 1, "betas": [0.0, 0.1, 0.3, 1.0], "max_train": None},
-    "full": {"seeds": 3, "betas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0], "max_train": None},
+    "quick": {"seeds": 1, "betas": [0.0, 0.1, 0.3]},
+    "full": {"seeds": 3, "betas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0]},
 }
 
 
@@ -102,7 +102,10 @@ def forced_actions(model: Any, data: Any, device: torch.device) -> list[dict[str
 
 
 def by_difficulty(stats: Any, data: Any, model: Any, device: torch.device) -> list[dict[str, Any]]:
-    """Actions and accuracy per difficulty tercile of the test split (synthetic task)."""
+    """Actions and accuracy by the known difficulty of the test samples (synthetic task).
+
+    Groups: difficulty 0 (no earlier class token contradicts the label), then the samples with
+    difficulty > 0 split at their median into "low" and "high"."""
     from models.training import predict
 
     logits, _ = predict(model, data.test.x, device)
@@ -110,16 +113,19 @@ def by_difficulty(stats: Any, data: Any, model: Any, device: torch.device) -> li
     difficulty = data.difficulty_test.double().numpy()
     actions = stats.actions.numpy()
     flops = stats.flops.double().numpy()
-    edges = np.quantile(difficulty, [0, 1 / 3, 2 / 3, 1])
+    positive = difficulty[difficulty > 0]
+    cut = float(np.median(positive)) if positive.size else 0.0
+    groups = [
+        ("0", difficulty == 0),
+        (f"(0, {cut:.3g}]", (difficulty > 0) & (difficulty <= cut)),
+        (f"> {cut:.3g}", difficulty > cut),
+    ]
     rows = []
-    for i in range(3):
-        lo, hi = edges[i], edges[i + 1]
-        mask = (difficulty >= lo) & ((difficulty <= hi) if i == 2 else (difficulty < hi))
+    for label, mask in groups:
         if not mask.any():
             continue
         rows.append({
-            "tercile": i + 1,
-            "difficulty_range": [float(lo), float(hi)],
+            "group": label,
             "samples": int(mask.sum()),
             "accuracy": float(correct[mask].mean()),
             "mean_action": float(actions[mask].mean()),
@@ -271,12 +277,11 @@ def markdown(payload: dict[str, Any]) -> str:
                       C.markdown_table(("action", "accuracy %", "MFLOPs/sample", "FPI iters L1/L2/L3"), rows), ""]
         diff = result["runs"]["dynalay"][0].get("by_difficulty")
         if diff:
-            rows = [(d["tercile"], f"{d['difficulty_range'][0]:.3g}–{d['difficulty_range'][1]:.3g}",
-                     d["samples"], C.fmt(100 * d["accuracy"], 4), C.fmt(d["mean_action"], 3),
+            rows = [(d["group"], d["samples"], C.fmt(100 * d["accuracy"], 4), C.fmt(d["mean_action"], 3),
                      " / ".join(C.fmt(v, 2) for v in d["action_freq"]),
                      C.fmt(d["flops_per_sample"] / 1e6, 3)) for d in diff]
             lines += ["DynaLay's actions by the known difficulty of the test samples (first seed):", "",
-                      C.markdown_table(("tercile", "difficulty", "samples", "accuracy %", "mean action",
+                      C.markdown_table(("difficulty", "samples", "accuracy %", "mean action",
                                         "actions 0/1/2/3", "MFLOPs/sample"), rows), ""]
     lines += ["## Target", "", C.targets_table(payload["targets"]), ""]
     if payload.get("notes"):

@@ -41,10 +41,12 @@ LEVELS = ("bare", "tune", "tune+reuse", "tune+mlflow", "search")
 MODES = {
     # ~3.5-second trials: 9 folds of a width-8 DynaLay, one epoch each.
     "quick": {"folds": 9, "fixed": {"width": 8, "epochs": 1, "warmup_epochs": 0, "batch_size": 128},
-              "trials": 2, "reps": 1, "concurrency_trials": 4},
+              "trials": 2, "reps": 1, "concurrency_trials": 4, "concurrency_folds": 3,
+              "levels": ("bare", "tune", "search")},
     # ~30-second trials on this 2-core CPU: 9 folds of the digits space's model, more epochs.
     "full": {"folds": 9, "fixed": {"width": 16, "epochs": 6, "warmup_epochs": 2, "batch_size": 128},
-             "trials": 3, "reps": 3, "concurrency_trials": 4},
+             "trials": 3, "reps": 3, "concurrency_trials": 4, "concurrency_folds": 9,
+             "levels": LEVELS},
 }
 HYPER = {"alpha": 0.5, "beta": 0.3, "gamma": 0.2, "fwd_tol": 1e-3, "bwd_tol": 1e-3, "max_iter": 8}
 LR = 0.01
@@ -72,15 +74,18 @@ def bare(settings: dict[str, Any], seed: int, trials: int, data: Any) -> dict[st
 
     torch.set_num_threads(1)
     config = {"model": "dynalay", "seed": seed, **run_config(settings)}
-    per_trial = []
+    per_trial, training = [], 0.0
     started = time.perf_counter()
     for _ in range(trials):
         t0 = time.perf_counter()
         folds = fold_indices(data, settings["folds"], seed)
         for fold, (train_index, test_index) in enumerate(folds):
-            run_fold(data, train_index, test_index, config, torch.device("cpu"), fold)
+            result = run_fold(data, train_index, test_index, config, torch.device("cpu"), fold)
+            training += result.train_seconds
         per_trial.append(time.perf_counter() - t0)
-    return {"wall_s": time.perf_counter() - started, "per_trial_s": per_trial}
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "trial_s": per_trial, "per_trial_s": wall / trials, "fixed_s": 0.0,
+            "training_s": training / trials}
 
 
 def _timing_recorder() -> Any:
@@ -89,8 +94,20 @@ def _timing_recorder() -> Any:
     class Recorder(tune.Callback):
         def __init__(self) -> None:
             self.inside: list[float] = []
+            self.starts: list[float] = []
+            self.ends: list[float] = []
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.starts.append(time.time())
+
+            self.training = 0.0
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            self.training += float(result.get("fold_train_seconds", 0.0))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.ends.append(time.time())
             self.inside.append(float((trial.last_result or {}).get("time_total_s", float("nan"))))
 
     return Recorder()
@@ -131,9 +148,32 @@ def tuner_level(level: str, settings: dict[str, Any], seed: int, trials: int, ru
         run_config=tune.RunConfig(name=level.replace("+", "-"), storage_path=str(run_dir.resolve()),
                                   callbacks=callbacks, verbose=0),
     )
-    started = time.perf_counter()
+    began = time.time()
     tuner.fit()
-    return {"wall_s": time.perf_counter() - started, "inside_trainable_s": recorder.inside}
+    finished = time.time()
+    return {"wall_s": finished - began, "inside_trainable_s": recorder.inside,
+            "training_s": recorder.training / trials,
+            **spans(recorder.starts, recorder.ends, began, finished, trials)}
+
+
+def spans(starts: list[float], ends: list[float], began: float, finished: float,
+          trials: int) -> dict[str, float]:
+    """Splits a level's wall time into time per trial and fixed per-search costs.
+
+    Trials run one at a time, so with N ≥ 2 trials the time from the first trial's completion
+    to the last one's, over N − 1, is what each further trial costs, all in: its new worker
+    process, imports, data, training, reports, and the scheduling gap before it. The rest of
+    the wall time (Tuner, MLflow store and Optuna study set-up, the first trial's share of
+    them, the final flush) is fixed: paid once per search. With one trial the split falls back
+    to Tune's trial start and end events, which may leave the worker start-up in "fixed"."""
+    wall = finished - began
+    if len(ends) >= 2 and trials >= 2:
+        per_trial = (max(ends) - min(ends)) / (len(ends) - 1)
+    elif starts and ends:
+        per_trial = (max(ends) - min(starts)) / trials
+    else:
+        per_trial = wall / trials
+    return {"per_trial_s": per_trial, "fixed_s": wall - trials * per_trial}
 
 
 def write_space(settings: dict[str, Any], seed: int, path: Path) -> Path:
@@ -162,9 +202,152 @@ def search_level(settings: dict[str, Any], seed: int, trials: int, run_dir: Path
     options = SearchOptions(space=space, experiment="overhead", run_dir=run_dir, num_samples=trials,
                             folds=settings["folds"], max_concurrent=max_concurrent, cpus_per_trial=1.0,
                             pruner="none", sampler="tpe", seed=seed, verbose=0)
-    started = time.perf_counter()
+    began = time.time()
     run_search(options)
-    return {"wall_s": time.perf_counter() - started}
+    finished = time.time()
+    # Trial start and end as the tracker recorded them: the child runs' start and end times.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(options.resolved_tracking_uri)
+    experiment = client.get_experiment_by_name(options.experiment)
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.state != 'running'",
+                              max_results=1000) if experiment else []
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    starts = [r.info.start_time / 1000 for r in children if r.info.start_time]
+    ends = [r.info.end_time / 1000 for r in children if r.info.end_time]
+    training = sum(m.value for r in children
+                   for m in client.get_metric_history(r.info.run_id, "fold_train_seconds"))
+    return {"wall_s": finished - began, "training_s": training / trials,
+            **spans(starts, ends, began, finished, trials)}
+
+
+# -- where a trial's overhead goes -----------------------------------------------------------
+
+
+def _instrumented_trainable() -> Any:
+    """A copy of ``pipeline.trial.cv_trial`` that times its phases and reports them.
+
+    Defined inside a function so that cloudpickle ships it by value (the ``benchmarks``
+    package is not installed in Ray's workers)."""
+
+    def trainable(config: dict[str, Any], settings: Any) -> None:
+        import time as clock
+
+        entered = clock.time()
+        t = clock.perf_counter()
+        import json
+        import tempfile as tmp
+        from pathlib import Path as P
+
+        import torch
+        from ray import tune
+
+        from pipeline import trial as T
+
+        import_s = clock.perf_counter() - t
+        torch.set_num_threads(max(1, settings.threads))
+        t = clock.perf_counter()
+        dataset = T._cached_dataset(settings.dataset, settings.data_dir, settings.seed)
+        data_s = clock.perf_counter() - t
+        folds = T.fold_indices(dataset, settings.folds, settings.seed)
+        run_config = {"model": settings.model, "seed": settings.seed, **settings.fixed, **config}
+        done: list[Any] = []
+        fold_s: list[float] = []
+        report_s: list[float] = []
+        for fold in range(settings.folds):
+            t = clock.perf_counter()
+            train_index, test_index = folds[fold]
+            done.append(T.run_fold(dataset, train_index, test_index, run_config,
+                                   torch.device("cpu"), fold))
+            fold_s.append(clock.perf_counter() - t)
+            t = clock.perf_counter()
+            with tmp.TemporaryDirectory() as directory:
+                P(directory, T.FOLD_RESULTS_FILE).write_text(
+                    json.dumps([T.asdict(f) for f in done]))
+                report = {**T.fold_report(done), "_entered": entered, "_import_s": import_s,
+                          "_data_s": data_s, "_fold_s": list(fold_s), "_report_s": list(report_s),
+                          "_reported": clock.time()}
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+            report_s.append(clock.perf_counter() - t)
+
+    return trainable
+
+
+def breakdown(settings: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
+    """One trial through Ray Tune (no MLflow), its wall time split into phases."""
+    from ray import tune
+
+    class Times(tune.Callback):
+        def __init__(self) -> None:
+            self.start = self.end = float("nan")
+            self.result: dict[str, Any] = {}
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.start = time.time()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.end = time.time()
+            self.result = dict(trial.last_result or {})
+
+    times = Times()
+    trainable = tune.with_resources(
+        tune.with_parameters(_instrumented_trainable(), settings=trial_settings(settings, seed)),
+        {"cpu": 1})
+    tuner = tune.Tuner(trainable, param_space={}, tune_config=tune.TuneConfig(num_samples=1),
+                       run_config=tune.RunConfig(name="breakdown", storage_path=str(run_dir.resolve()),
+                                                 callbacks=[times], verbose=0))
+    began = time.time()
+    tuner.fit()
+    finished = time.time()
+    r = times.result
+    folds = r.get("_fold_s", [])
+    reports = r.get("_report_s", [])
+    per_report = float(np.median(reports)) if reports else float("nan")
+    reported = r.get("_reported", float("nan"))
+    phases = {
+        "Tuner set-up and worker start until Tune's trial start event": times.start - began,
+        "Tune's trial start event until the trainable function runs (unpickling its parameters imports torch and the pipeline)":
+            r.get("_entered", float("nan")) - times.start,
+        "imports left inside the trainable": r.get("_import_s", float("nan")),
+        "reading the data set (once per worker)": r.get("_data_s", float("nan")),
+        "training and scoring the folds (run_fold)": float(sum(folds)),
+        "fold reports with checkpoints (all but the last)": float(sum(reports)),
+        "last report (with checkpoint) until the trial is complete": times.end - reported,
+        "trial complete until Tuner.fit returns": finished - times.end,
+    }
+    return {"wall_s": finished - began, "phases_s": phases, "report_s_median": per_report,
+            "fold_s": folds}
+
+
+def _bare_worker(settings: dict[str, Any], seed: int, trials: int, queue: Any) -> None:
+    from pipeline.data import load_dataset
+
+    data = load_dataset("digits", seed=seed)
+    started = time.time()
+    bare(settings, seed, trials, data)
+    queue.put((started, time.time()))
+
+
+def ceiling(settings: dict[str, Any], seed: int, trials: int) -> dict[str, Any]:
+    """The machine's own limit: bare trials in 1 process one after another vs 2 processes at once
+    (each process times only its training, not its start-up)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    spans = {}
+    for workers in (1, 2):
+        queue = ctx.Queue()
+        per_worker = trials // workers
+        procs = [ctx.Process(target=_bare_worker, args=(settings, seed, per_worker, queue))
+                 for _ in range(workers)]
+        for p in procs:
+            p.start()
+        stamps = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+        spans[workers] = max(e for _, e in stamps) - min(s for s, _ in stamps)
+    return {"trials": trials, "serial_s": spans[1], "two_processes_s": spans[2],
+            "speedup": spans[1] / spans[2]}
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -185,36 +368,71 @@ def markdown(payload: dict[str, Any]) -> str:
     ]
     rows = []
     for level in LEVELS:
-        r = payload["levels"][level]
+        r = payload["levels"].get(level)
+        if r is None:
+            continue
         rows.append((
             f"`{level}`",
             C.fmt_spread(r["per_trial_s"], kind="minmax"),
+            C.fmt_spread(r["fixed_s"], kind="minmax") if level != "bare" else "–",
+            C.fmt_spread(r["training_s"], kind="minmax"),
+            C.fmt_spread(r["non_training_s"], kind="minmax"),
             C.fmt_spread(r["overhead_s"], kind="minmax") if level != "bare" else "–",
             C.fmt(r["overhead_pct_measured"], 3) + " %" if level != "bare" else "–",
             C.fmt(r["overhead_pct_of_30s"], 3) + " %" if level != "bare" else "–",
             C.fmt_spread(r["inside_trainable_s"], kind="minmax") if r.get("inside_trainable_s") else "–",
         ))
     lines += [
-        C.markdown_table(("level", "s per trial", "overhead s per trial vs bare",
+        C.markdown_table(("level", "s per trial", "fixed s per search", "of which training (fit) s",
+                          "not training s", "overhead s per trial vs bare",
                           "overhead % of this trial", "overhead % of a 30-s trial",
                           "time inside the trainable s"), rows),
         "",
-        "Cells: median [min–max] over repetitions. " + payload["extrapolation_note"],
+        "Cells: median [min–max] over repetitions. \"s per trial\" is the time from the first "
+        "trial's completion to the last one's over the trials after the first (trials run one "
+        "at a time; completions from a Tune callback, for `search` from the MLflow trial runs' "
+        "end times): everything a further trial costs, its new worker process included; "
+        "\"fixed\" is the rest of the level's wall time (Tuner, MLflow store and Optuna study "
+        "set-up, the final flush), paid once per search. \"Of which training\" sums the folds' "
+        "`fold_train_seconds` (the `fit` time each fold reports); overhead = this level's "
+        "per-trial time not spent training minus the bare loop's (model building, evaluation, "
+        "fold splits), which pairs each trial with its own training time so that load changes "
+        "between levels do not land in the overhead. " + payload["extrapolation_note"],
+        "",
+        "## Where one trial's time goes",
+        "",
+        f"One trial through Ray Tune (no MLflow), {payload['breakdown']['wall_s']:.1f} s from "
+        "`Tuner.fit` to its return, timed from inside an instrumented copy of `cv_trial` and "
+        "from a Tune callback (the session's first trial through Ray, so its worker start-up "
+        "may include reading files from a cold page cache):",
+        "",
+        C.markdown_table(("phase", "s"), [(k, C.fmt(v, 3)) for k, v in payload["breakdown"]["phases_s"].items()]),
         "",
         "## Concurrency",
         "",
     ]
     conc = payload["concurrency"]
     rows = [(k, C.fmt(v["wall_s"], 3)) for k, v in conc["runs"].items()]
+    if not rows:
+        lines += ["Skipped (--skip-concurrency).", ""]
+    else:
+        lines += [
+            f"{conc['trials']} trials of {conc['folds']} folds (otherwise the trial above) through "
+            "`run_search` (the `search` level), `cpus_per_trial=1`, "
+            f"Ray with {conc['ray_cpus']} CPUs:",
+            "",
+            C.markdown_table(("max_concurrent", "wall s"), rows),
+            "",
+            f"Speed-up of 2 concurrent over 1 at a time: **{conc['speedup']:.2f}×** "
+            f"(1-min load average during the test: {conc['load_average']}).",
+            "",
+            "The machine's own ceiling at the time, without Ray: "
+            f"{conc['ceiling']['trials']} bare trials in one process took {conc['ceiling']['serial_s']:.1f} s, "
+            f"in two processes at once {conc['ceiling']['two_processes_s']:.1f} s: "
+            f"**{conc['ceiling']['speedup']:.2f}×**." if conc.get("ceiling") else "",
+            ""
+        ]
     lines += [
-        f"{conc['trials']} trials through `run_search` (the `search` level), `cpus_per_trial=1`, "
-        f"Ray with {conc['ray_cpus']} CPUs:",
-        "",
-        C.markdown_table(("max_concurrent", "wall s"), rows),
-        "",
-        f"Speed-up of 2 concurrent over 1 at a time: **{conc['speedup']:.2f}×** "
-        f"(1-min load average during the test: {conc['load_average']}).",
-        "",
         "## Targets",
         "",
         C.targets_table(payload["targets"]),
@@ -252,57 +470,82 @@ def main(argv: list[str] | None = None) -> None:
 
     root = Path(tempfile.mkdtemp(prefix="dynalay-bench-overhead-"))
     n = settings["trials"]
-    walls: dict[str, list[float]] = {level: [] for level in LEVELS}
-    inside: dict[str, list[float]] = {level: [] for level in LEVELS}
+    levels_run = settings["levels"]
+    walls: dict[str, list[float]] = {level: [] for level in levels_run}
+    per_trial: dict[str, list[float]] = {level: [] for level in levels_run}
+    fixed: dict[str, list[float]] = {level: [] for level in levels_run}
+    training: dict[str, list[float]] = {level: [] for level in levels_run}
+    inside: dict[str, list[float]] = {level: [] for level in levels_run}
     bare_trials: list[float] = []
     try:
         # One untimed trial through Ray first: the first actor of a session pays for importing
         # torch from a cold page cache, which no level should be charged with.
-        C.note("warm-up trial through Ray Tune (untimed)")
-        tuner_level("tune", {**settings, "folds": 2}, args.seed, 1, root / "warmup")
+        # The breakdown goes first: its trial is also the session's first through Ray, which pays
+        # for reading torch & co. from a cold page cache; no level below is charged with that.
+        C.note("breakdown of one trial through Ray Tune")
+        split = breakdown(settings, args.seed, root / "breakdown")
+        C.note(f"[breakdown] {split['wall_s']:.1f} s")
         for rep in range(settings["reps"]):
-            for level in C.rotated(LEVELS, rep):
+            for level in C.rotated(levels_run, rep):
                 run_dir = root / f"rep{rep}" / level.replace("+", "-")
                 run_dir.mkdir(parents=True)
                 if level == "bare":
                     result = bare(settings, args.seed, n, data)
-                    bare_trials += result["per_trial_s"]
+                    bare_trials += result["trial_s"]
                 elif level == "search":
                     result = search_level(settings, args.seed, n, run_dir)
                 else:
                     result = tuner_level(level, settings, args.seed, n, run_dir)
                 walls[level].append(result["wall_s"])
+                per_trial[level].append(result.get("per_trial_s", result["wall_s"] / n))
+                fixed[level].append(result.get("fixed_s", 0.0))
+                training[level].append(result.get("training_s", float("nan")))
                 inside[level] += result.get("inside_trainable_s", [])
-                C.note(f"[rep {rep}] {level}: {result['wall_s']:.1f} s for {n} trials")
+                C.note(f"[rep {rep}] {level}: {result['wall_s']:.1f} s for {n} trial(s), "
+                       f"{per_trial[level][-1]:.1f} s per trial + {fixed[level][-1]:.1f} s fixed")
 
         concurrency: dict[str, Any] = {"trials": settings["concurrency_trials"], "ray_cpus": ray_cpus,
                                        "runs": {}}
+        conc_settings = {**settings, "folds": settings["concurrency_folds"]}
+        concurrency["folds"] = settings["concurrency_folds"]
         if not args.skip_concurrency:
             loads = []
             for k in (1, 2):
                 run_dir = root / f"concurrency-{k}"
                 run_dir.mkdir(parents=True)
-                result = search_level(settings, args.seed, settings["concurrency_trials"], run_dir,
-                                      max_concurrent=k)
+                result = search_level(conc_settings, args.seed, settings["concurrency_trials"],
+                                      run_dir, max_concurrent=k)
                 concurrency["runs"][str(k)] = result
                 loads.append(C.load_average()[0] if C.load_average() else float("nan"))
                 C.note(f"[concurrency] max_concurrent={k}: {result['wall_s']:.1f} s")
             concurrency["speedup"] = concurrency["runs"]["1"]["wall_s"] / concurrency["runs"]["2"]["wall_s"]
+            C.note("[concurrency] the machine's ceiling: bare trials, 1 process vs 2 processes")
+            concurrency["ceiling"] = ceiling(conc_settings, args.seed, 2)
+            loads.append(C.load_average()[0] if C.load_average() else float("nan"))
+            C.note(f"[concurrency] ceiling speed-up {concurrency['ceiling']['speedup']:.2f}×")
             concurrency["load_average"] = ", ".join(f"{v:.2f}" for v in loads)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         ray.shutdown()
 
-    bare_per_trial = [w / n for w in walls["bare"]]
+    bare_per_trial = per_trial["bare"]
     levels: dict[str, Any] = {}
-    for level in LEVELS:
-        per_trial = [w / n for w in walls[level]]
-        overhead = [(w - b) / n for w, b in zip(walls[level], walls["bare"])]
+    for level in levels_run:
+        # Per trial, the time that is not training (fit) inside the same trial: paired within
+        # the trial, so load changes between levels do not land in the overhead as training
+        # time would. Overhead = this level's non-training time minus the bare loop's (model
+        # building, evaluation, fold splits) in the same repetition.
+        non_training = [t - tr for t, tr in zip(per_trial[level], training[level])]
+        bare_non_training = [t - tr for t, tr in zip(bare_per_trial, training["bare"])]
+        overhead = [a - b for a, b in zip(non_training, bare_non_training)]
         median_bare = float(np.median(bare_per_trial))
         median_overhead = float(np.median(overhead))
         levels[level] = {
             "wall_s": walls[level],
-            "per_trial_s": C.spread(per_trial),
+            "per_trial_s": C.spread(per_trial[level]),
+            "fixed_s": C.spread(fixed[level]),
+            "training_s": C.spread(training[level]),
+            "non_training_s": C.spread(non_training),
             "overhead_s": C.spread(overhead),
             "overhead_pct_measured": 100 * median_overhead / median_bare,
             "overhead_pct_of_30s": 100 * median_overhead / TARGET_TRIAL_S,
@@ -320,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": settings,
         "hyperparameters": {**HYPER, "lr": LR},
         "ray_init_s": ray_init_s,
+        "breakdown": split,
         "bare_trial_s": C.spread(bare_trials),
         "levels": levels,
         "concurrency": concurrency,

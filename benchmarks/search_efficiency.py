@@ -204,12 +204,34 @@ def first_reaching(points: list[dict[str, Any]], threshold: float) -> dict[str, 
     return None
 
 
+def references(arms: dict[str, list[Ended]]) -> dict[str, tuple[float, float]]:
+    """The two common reference points (accuracy, FLOPs) of a repeat.
+
+    ``nadir``: the worst finished accuracy and 1.1 × the highest finished FLOPs over all arms;
+    the primary one. ``zero``: accuracy 0 (the pipeline's own convention, see
+    ``pipeline.pareto.reference_point``) and the same FLOPs bound. With accuracy 0 as reference
+    most of the area lies below the worst trial's accuracy, so almost any finished trial already
+    has most of the final hypervolume and a 95 % threshold hardly discriminates."""
+    done = [e for ended in arms.values() for e in ended
+            if e.state == "finished" and e.cv_flops is not None and e.cv_accuracy is not None
+            and np.isfinite(e.cv_flops) and np.isfinite(e.cv_accuracy)]
+    if not done:
+        return {"nadir": (0.0, 1.0), "zero": (0.0, 1.0)}
+    top = 1.1 * max(e.cv_flops for e in done)  # type: ignore[type-var]
+    return {"nadir": (min(e.cv_accuracy for e in done), top), "zero": (0.0, top)}  # type: ignore[type-var]
+
+
 def analyse(repeat: dict[str, Any]) -> dict[str, Any]:
+    """Both references' analyses of one repeat; the ``nadir`` one at the top level."""
+    refs = references(repeat["ended"])
+    result = analyse_against(repeat, refs["nadir"])
+    result["zero_reference"] = analyse_against(repeat, refs["zero"])
+    return result
+
+
+def analyse_against(repeat: dict[str, Any], reference: tuple[float, float]) -> dict[str, Any]:
     """Curves and summary of one repeat (four arms), against one common reference point."""
     arms: dict[str, list[Ended]] = repeat["ended"]
-    flops = [e.cv_flops for ended in arms.values() for e in ended
-             if e.state == "finished" and e.cv_flops is not None and np.isfinite(e.cv_flops)]
-    reference = (0.0, 1.1 * max(flops)) if flops else (0.0, 1.0)
     curves = {arm: curve(ended, reference) for arm, ended in arms.items()}
     final = {arm: (pts[-1]["hypervolume"] if pts else 0.0) for arm, pts in curves.items()}
     budget_b = curves["b"][-1]["fold_trainings"] if curves.get("b") else 0
@@ -264,8 +286,9 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{space['folds']} folds, {space['epochs']} epoch(s) per fold, {payload['num_samples']} "
         f"trials per arm, {payload['max_concurrent']} concurrent trials × 1 CPU, seeds "
         f"{payload['seeds']}. Compute = fold-trainings (sum of folds completed over trials). "
-        "Hypervolume against one reference point shared by the four arms of a repeat "
-        "(accuracy 0, 1.1 × the highest finished cv_flops).",
+        "Hypervolume against one reference point shared by the four arms of a repeat: the "
+        "nadir of all finished trials of all four arms (worst accuracy, 1.1 × the highest "
+        "cv_flops); the pipeline's own convention (accuracy 0) is shown below it.",
         "",
     ]
     for analysis in payload["analyses"]:
@@ -307,7 +330,22 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += ["## Over the repeats (median [min–max])", "",
                   C.markdown_table(("arm", "fold-trainings", "HV / (b)'s", "reached 95 %",
                                     "fraction of (b)'s fold-trainings to reach it"), rows), ""]
-    lines += [f"Curves: `{NAME}.png`.", "", "## Target", "", C.targets_table(payload["targets"]), ""]
+    rows = []
+    for analysis in payload["analyses"]:
+        zero = analysis["zero_reference"]
+        for arm, label in ARMS:
+            s = zero["summary"].get(arm)
+            if s is None:
+                continue
+            reach = s["reaches_95pct_of_b"]
+            rows.append((analysis["seed"], label, C.fmt(s["hypervolume_vs_b"], 3),
+                         f"{reach['fold_trainings']} ({C.fmt(s['reach_fraction_of_b_budget'], 3)})"
+                         if reach else "never"))
+    lines += ["With the pipeline's reference convention instead (accuracy 0, same FLOPs bound):", "",
+              C.markdown_table(("seed", "arm", "HV / (b)'s", "fold-trainings to 95 % of (b)'s HV "
+                                "(fraction of (b)'s)"), rows), ""]
+    lines += [f"Curves (nadir reference): `{NAME}.png`.", "", "## Target", "",
+              C.targets_table(payload["targets"]), ""]
     if payload.get("notes"):
         lines += ["Notes:", ""] + [f"- {n}" for n in payload["notes"]]
     return "\n".join(lines)
@@ -372,16 +410,19 @@ def main(argv: list[str] | None = None) -> None:
         else:
             shutil.rmtree(root, ignore_errors=True)
 
-    fractions = [a["summary"]["a"]["reach_fraction_of_b_budget"] for a in analyses if "a" in a["summary"]]
-    reached = [f for f in fractions if f is not None]
-    median_fraction = float(np.median(reached)) if reached and len(reached) == len(fractions) else None
     targets = []
-    if fractions:
-        met = median_fraction is not None and median_fraction <= 0.5
-        targets.append(C.check(
-            "(a)'s fold-trainings to reach 95 % of (b)'s final HV, as a fraction of (b)'s "
-            f"fold-trainings (median over {len(fractions)} seed(s))",
-            median_fraction if median_fraction is not None else float("nan"), "≤ 0.5", met))
+    if any("a" in a["summary"] for a in analyses):
+        for key, label in (("nadir", "nadir reference"), ("zero", "accuracy-0 reference")):
+            fractions = []
+            for a in analyses:
+                summary = a["summary"] if key == "nadir" else a["zero_reference"]["summary"]
+                f = summary["a"]["reach_fraction_of_b_budget"]
+                fractions.append(float("inf") if f is None else f)  # never reached: worse than any
+            median_fraction = float(np.median(fractions))
+            targets.append(C.check(
+                f"(a)'s fold-trainings to reach 95 % of (b)'s final HV ({label}), as a fraction of "
+                f"(b)'s fold-trainings (median over {len(fractions)} seed(s); never = ∞)",
+                median_fraction, "≤ 0.5", median_fraction <= 0.5))
     C.finish(env, started)
     payload = {
         "environment": env,

@@ -100,12 +100,16 @@ curl_dashboard() {
     fi
 }
 
-alive_node_count() {
-    curl_dashboard "/api/v0/nodes?limit=100" 2>/dev/null | "$PYTHON_BIN" -c '
+# The ids of the nodes the GCS reports ALIVE, one per line (none when it cannot be asked).
+alive_node_ids() {
+    curl_dashboard "/api/v0/nodes?limit=1000" 2>/dev/null | "$PYTHON_BIN" -c '
 import json, sys
-nodes = json.load(sys.stdin)["data"]["result"]["result"]
-print(sum(node["state"] == "ALIVE" for node in nodes))' 2>/dev/null || echo 0
+for node in json.load(sys.stdin)["data"]["result"]["result"]:
+    if node["state"] == "ALIVE":
+        print(node["node_id"])' 2>/dev/null || true
 }
+
+alive_node_count() { alive_node_ids | grep -c . || true; }
 
 # wait_until SECONDS WHAT COMMAND...: poll COMMAND every 0.25 s.
 wait_until() {
@@ -165,6 +169,19 @@ stop_group() {
     rm -f "$pid_file"
 }
 
+# write_state GCS_ADDRESS: what `status`, `env`, `down` and the worker commands read back.
+write_state() {
+    cat >"$STATE_FILE" <<EOF
+RAY_GCS_ADDRESS=$1
+RAY_DASHBOARD_URL=$DASHBOARD_URL
+MLFLOW_TRACKING_URI=$MLFLOW_URI
+RAY_TEMP_DIR=$RAY_TEMP_DIR
+AUTH_MODE=$AUTH_MODE
+TOKEN_PATH=$([[ "$AUTH_MODE" == token ]] && echo "$TOKEN_PATH")
+WORKERS=$WORKERS
+EOF
+}
+
 read_state() {
     [[ -f "$STATE_FILE" ]] || return 1
     # shellcheck disable=SC1090
@@ -191,6 +208,7 @@ cmd_up() {
     mkdir -p "$LOG_DIR" "$STATE_DIR/mlflow/artifacts"
     ensure_token
     local started=$SECONDS
+    write_state ""  # already now, so that a failed `up` can clean up through `down`
     # Any failure from here on (a `die`, or a command failing under `set -e`) stops what was
     # started, so a failed `up` leaves no half cluster behind.
     trap 'echo "$PROG: up failed; stopping what was started" >&2; cmd_down >/dev/null 2>&1 || true' EXIT
@@ -205,6 +223,8 @@ cmd_up() {
     ) >"$LOG_DIR/mlflow.log" 2>&1 &
     echo $! >"$STATE_DIR/mlflow.pid"
 
+    local address_file="$RAY_TEMP_DIR/ray_current_cluster"
+    rm -f "$address_file"  # a stale one from an earlier session would be read too early
     ( ray_env; exec setsid "$RAY_BIN" start --head --block \
         --port "$RAY_PORT" --ray-client-server-port "$RAY_CLIENT_PORT" \
         --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
@@ -217,33 +237,25 @@ cmd_up() {
 
     # `ray start` writes the GCS address it really uses once the head is up: Ray swaps a
     # loopback --node-ip-address for the host's routable IP on Linux, so it cannot be assumed.
-    local address_file="$RAY_TEMP_DIR/ray_current_cluster"
-    rm -f "$address_file"
     wait_until "$UP_TIMEOUT" "the head node" test -s "$address_file" \
         || die "the head node did not start within ${UP_TIMEOUT}s; see $LOG_DIR/head.log"
     wait_until "$UP_TIMEOUT" "the head's dashboard" dashboard_answers \
         || die "the head's dashboard did not answer on $DASHBOARD_URL within ${UP_TIMEOUT}s; see $LOG_DIR/head.log"
-    local gcs_address
+    local gcs_address head_ready=$((SECONDS - started))
     gcs_address="$(cat "$address_file")"
 
     local index
     for ((index = 1; index <= WORKERS; index++)); do start_worker "$index" "$gcs_address"; done
     wait_until "$UP_TIMEOUT" "$((WORKERS + 1)) nodes" nodes_alive_at_least "$((WORKERS + 1))" \
         || die "only $(alive_node_count) of $((WORKERS + 1)) Ray nodes came up; see $LOG_DIR/worker-*.log"
+    local nodes_ready=$((SECONDS - started))
     wait_until "$UP_TIMEOUT" "MLflow" mlflow_answers \
         || die "MLflow did not answer on $MLFLOW_URI within ${UP_TIMEOUT}s; see $LOG_DIR/mlflow.log"
     trap - EXIT
 
-    cat >"$STATE_FILE" <<EOF
-RAY_GCS_ADDRESS=$gcs_address
-RAY_DASHBOARD_URL=$DASHBOARD_URL
-MLFLOW_TRACKING_URI=$MLFLOW_URI
-RAY_TEMP_DIR=$RAY_TEMP_DIR
-AUTH_MODE=$AUTH_MODE
-TOKEN_PATH=$([[ "$AUTH_MODE" == token ]] && echo "$TOKEN_PATH")
-WORKERS=$WORKERS
-EOF
-    echo "$PROG: up in $((SECONDS - started))s: head + $WORKERS worker node(s), MLflow"
+    write_state "$gcs_address"
+    echo "$PROG: up in $((SECONDS - started))s: head + $WORKERS worker node(s), MLflow" \
+         "(head answered at ${head_ready}s, all nodes alive at ${nodes_ready}s)"
     print_addresses
 }
 
@@ -330,15 +342,20 @@ cmd_kill_worker() {
     echo "$PROG: killed worker $index (process group $pid)"
 }
 
+# A node killed a moment ago still counts as ALIVE until the GCS's health checks give up on
+# it (about 20 s here), so the new worker is recognised by a node id not seen before.
+has_new_node() { comm -13 "$1" <(alive_node_ids | sort) | grep -q .; }
+
 cmd_start_worker() {
     local index="${1:-1}"
     read_state || die "not running (state in $STATE_DIR); run up first"
-    local before
-    before="$(alive_node_count)"
+    local known="$STATE_DIR/nodes-before-worker-$index"
+    alive_node_ids | sort >"$known"
     mkdir -p "$LOG_DIR"
     start_worker "$index" "$RAY_GCS_ADDRESS"
-    wait_until "$UP_TIMEOUT" "worker $index" nodes_alive_at_least "$((before + 1))" \
+    wait_until "$UP_TIMEOUT" "worker $index" has_new_node "$known" \
         || die "worker $index did not join within ${UP_TIMEOUT}s; see $LOG_DIR/worker-$index.log"
+    rm -f "$known"
     echo "$PROG: started worker $index"
 }
 

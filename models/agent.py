@@ -8,10 +8,12 @@ Reward per sample (thesis eq. 3.2): R = α·correct − β·C(a)·k(a), where C(
 FLOPs over the plain pass' FLOPs and k(a) = a is the number of FPI layers. The agent is trained
 by REINFORCE with a baseline b; the term added to the cross-entropy is
 
-    γ · mean(−(R − b)·log π(a | x)) − entropy · mean(H(π(· | x))),
+    γ · [mean(−(R − b)·log π(a | x)) − entropy · mean(H(π(· | x)))],
 
 whose gradient is γ times the policy gradient of −E[R] (the thesis' "CE − γ·R"), plus a small
-entropy bonus that keeps every action explored. The advantage is not standardised, so α, β and
+entropy bonus that keeps every action explored. The bonus sits inside γ, so `entropy` is in
+reward units: an action worse by Δ in expected reward keeps a probability of about
+exp(−Δ / entropy) relative to the best one (soft-max policy), whatever γ is. The advantage is not standardised, so α, β and
 γ keep the thesis' meaning.
 """
 
@@ -51,9 +53,12 @@ class Reinforce(nn.Module):
     Args:
         alpha, beta: reward weights, R = α·correct − β·C(a)·k(a).
         gamma: weight of the policy term in the total loss.
-        entropy: weight of the entropy bonus.
+        entropy: weight of the entropy bonus, in reward units.
         baseline: `ema` (exponential moving average of past batch-mean rewards, momentum
-            `momentum`; the first batch uses its own mean) or `batch` (the current batch mean).
+            `momentum`; the first batch uses its own mean), `batch` (the current batch mean) or
+            `plain` (self-critical: per sample, the reward the plain action would have earned,
+            α·correct_plain; known for every sample because the plain pass always runs, and
+            action-independent, so the gradient stays unbiased).
     """
 
     def __init__(
@@ -61,13 +66,13 @@ class Reinforce(nn.Module):
         alpha: float,
         beta: float,
         gamma: float,
-        entropy: float = 0.01,
+        entropy: float = 0.05,
         baseline: str = "ema",
         momentum: float = 0.9,
     ) -> None:
         super().__init__()
-        if baseline not in ("ema", "batch"):
-            raise ValueError(f"baseline={baseline!r} is not ema or batch")
+        if baseline not in ("ema", "batch", "plain"):
+            raise ValueError(f"baseline={baseline!r} is not ema, batch or plain")
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.entropy = entropy
         self.baseline = baseline
@@ -79,13 +84,25 @@ class Reinforce(nn.Module):
         """float64 (B,): α·correct − β·C(a)·k(a), with k(a) = a."""
         return self.alpha * correct.double() - self.beta * cost.double() * actions.double()
 
-    def forward(self, correct: Tensor, stats: ForwardStats) -> tuple[Tensor, dict[str, float]]:
-        """Returns (the term to add to the CE, figures to log). Updates the EMA baseline."""
+    def forward(
+        self, correct: Tensor, stats: ForwardStats, plain_correct: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Returns (the term to add to the CE, figures to log). Updates the EMA baseline.
+
+        Args:
+            correct: (B,) 1/0 (or the fraction of tokens) right with the action taken.
+            stats: the forward's statistics (actions, cost, log_prob, entropy).
+            plain_correct: (B,) the same for the plain pass; needed by the `plain` baseline.
+        """
         if stats.log_prob is None or stats.entropy is None or stats.cost is None:
             raise ValueError("the policy term needs stats with log_prob, entropy and cost")
         reward = self.reward(correct, stats.cost, stats.actions)
         batch_mean = reward.mean()
-        if self.baseline == "batch":
+        if self.baseline == "plain":
+            if plain_correct is None:
+                raise ValueError("the plain baseline needs the plain pass' correctness")
+            base = self.alpha * plain_correct.double()
+        elif self.baseline == "batch":
             base = batch_mean
         else:
             base = torch.where(self.ema_ready, self.ema, batch_mean)
@@ -95,7 +112,7 @@ class Reinforce(nn.Module):
         advantage = (reward - base).detach().to(stats.log_prob.dtype)
         policy = -(advantage * stats.log_prob).mean()
         entropy = stats.entropy.mean()
-        term = self.gamma * policy - self.entropy * entropy
+        term = self.gamma * (policy - self.entropy * entropy)
         return term, {
             "policy": float(policy.detach()),
             "reward": float(batch_mean),

@@ -23,7 +23,7 @@ Task = Literal["image", "sequence", "language_model"]
 MODEL_KINDS: tuple[str, ...] = ("dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq")
 BACKWARD_MODES: tuple[str, ...] = ("implicit", "jfb", "unroll")
 DEQ_SOLVERS: tuple[str, ...] = ("anderson", "broyden")
-BASELINES: tuple[str, ...] = ("ema", "batch")
+BASELINES: tuple[str, ...] = ("ema", "batch", "plain")
 TASKS: tuple[str, ...] = ("image", "sequence", "language_model")
 
 _Config = TypeVar("_Config", bound="_DictConfig")
@@ -74,9 +74,11 @@ class ModelConfig(_DictConfig):
         contraction: bound on the state path's operator norm, in (0, 1); None leaves the state
             path unconstrained (convergence is then not guaranteed).
         alpha, beta, gamma: reward R = α·correct − β·C(a)·k(a); loss = CE + γ·policy term.
-        entropy: weight of the policy's entropy bonus (keeps the agent exploring).
-        baseline: REINFORCE baseline, `ema` (moving average of the batch-mean reward) or
-            `batch` (the current batch mean).
+        entropy: weight of the policy's entropy bonus, in reward units (keeps the agent
+            exploring; see models.agent).
+        baseline: REINFORCE baseline, `ema` (moving average of the batch-mean reward),
+            `batch` (the current batch mean) or `plain` (self-critical: the reward the plain
+            pass earned on the same sample).
         agent_hidden: hidden units of the AgentNet MLP.
         deq_solver: TorchDEQ forward solver for `deq`, `anderson` or `broyden`.
         embed_dim, hidden: embedding and LSTM sizes of the sequence backbone.
@@ -92,7 +94,7 @@ class ModelConfig(_DictConfig):
     alpha: float = 0.5
     beta: float = 0.3
     gamma: float = 0.2
-    entropy: float = 0.01
+    entropy: float = 0.05
     baseline: str = "ema"
     agent_hidden: int = 64
     deq_solver: str = "anderson"

@@ -75,6 +75,7 @@ class DynaLay(DynaLayModule):
             injections.append(u)
             outputs.append(h)
         logits = bb.head(h)
+        plain_predictions = logits.detach().argmax(dim=-1)
         costs = self.layer_costs(x, inputs, outputs)
 
         # 2. agent on detached summaries: its gradient cannot reach the main model
@@ -106,6 +107,7 @@ class DynaLay(DynaLayModule):
             cost=flops / costs.plain,
             log_prob=policy.log_prob(actions),
             entropy=policy.entropy(),
+            plain_predictions=plain_predictions,
         )
         return logits, stats
 
@@ -144,6 +146,11 @@ class DynaLay(DynaLayModule):
         info = {"ce": float(ce.detach())}
         if not self.training or self.warmup or stats.log_prob is None:
             return ce, info
-        term, policy_info = self.reinforce(per_sample_correct(logits, y), stats)
+        plain_correct = None
+        if stats.plain_predictions is not None:
+            plain_correct = (stats.plain_predictions == y).float()
+            if plain_correct.dim() > 1:
+                plain_correct = plain_correct.flatten(1).mean(dim=1)
+        term, policy_info = self.reinforce(per_sample_correct(logits, y), stats, plain_correct)
         info.update(policy_info)
         return ce + term, info

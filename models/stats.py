@@ -26,6 +26,8 @@ class ForwardStats:
         log_prob: (B,) or None: log π(a | x) of the action taken, differentiable w.r.t. the
             agent (DynaLay only).
         entropy: (B,) or None: entropy of the agent's policy (DynaLay only).
+        plain_predictions: int64 (B,) or (B, T) or None: the plain pass' argmax predictions
+            (DynaLay only; the self-critical baseline scores them).
     """
 
     flops: Tensor
@@ -35,6 +37,7 @@ class ForwardStats:
     cost: Tensor | None = None
     log_prob: Tensor | None = None
     entropy: Tensor | None = None
+    plain_predictions: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.flops.shape[0])
@@ -56,6 +59,7 @@ class ForwardStats:
             cost=move(self.cost),
             log_prob=move(self.log_prob),
             entropy=move(self.entropy),
+            plain_predictions=move(self.plain_predictions),
         )
 
     @staticmethod
@@ -79,6 +83,7 @@ class ForwardStats:
             cost=cat("cost"),
             log_prob=cat("log_prob"),
             entropy=cat("entropy"),
+            plain_predictions=cat("plain_predictions"),
         )
 
     def action_freq(self) -> list[float]:

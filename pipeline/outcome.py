@@ -20,6 +20,7 @@ FOLD = "fold"
 ERROR = "error"
 FOLD_ACCURACIES = "fold_accuracies"
 FOLD_FLOPS = "fold_flops_history"
+RESUMED_AT_FOLD = "resumed_at_fold"
 OBJECTIVES = ("cv_accuracy", "cv_flops")
 DIRECTIONS = ("max", "min")
 

@@ -161,6 +161,10 @@ def run_search(options: SearchOptions) -> None:
                 verbose=options.verbose,
             ),
         )
+    # Ray Tune resolves paths against the working directory when the search ends; a Ray job's
+    # working directory is a package that the cluster may garbage-collect once the job's
+    # workers on a dead node release it, so the driver works from the search's own directory.
+    os.chdir(experiment_dir)
     tuner.fit()
     _fail_orphans(options.resolved_storage, options.experiment)
 

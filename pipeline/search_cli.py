@@ -88,7 +88,7 @@ def search_command(args: argparse.Namespace) -> int:
     options = SearchOptions(
         space=space,
         experiment=args.experiment or space.name,
-        run_dir=args.run_dir,
+        run_dir=args.run_dir.resolve(),
         num_samples=args.num_samples or space.num_samples,
         folds=args.folds or space.folds,
         max_concurrent=args.max_concurrent or space.max_concurrent,
@@ -99,7 +99,7 @@ def search_command(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         storage=args.storage,
         address=args.address,
-        data_dir=args.data_dir,
+        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         resume=args.resume,
         seed=space.seed if args.seed is None else args.seed,
     )
@@ -160,11 +160,18 @@ def ui_command(args: argparse.Namespace) -> int:
 
 
 def submit_command(args: argparse.Namespace) -> int:
-    from pipeline.jobs import submit_search
+    from pipeline.jobs import JobFailedError, submit_search
 
-    forwarded = _forwarded_search_args(args)
-    job_id = submit_search(args.address, forwarded, follow=not args.no_follow, tracking_uri=args.tracking_uri)
-    print(f"job {job_id}")
+    try:
+        submit_search(
+            args.address,
+            _forwarded_search_args(args),
+            follow=not args.no_follow,
+            tracking_uri=args.tracking_uri,
+        )
+    except JobFailedError as failed:
+        print(f"dynalay: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,14 +24,21 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from pipeline.mlflow_queue import MlflowQueue
-from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, outcome
+from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, RESUMED_AT_FOLD, outcome
 from pipeline.pareto import TrialRecord, hypervolume, pareto_front, plot_pareto
 
 logger = logging.getLogger(__name__)
 
 PARENT = "parent"
 # The trial's own scalars (not Ray Tune's bookkeeping such as pid or time_total_s).
-_METRIC_PREFIXES = ("fold_accuracy", "fold_flops", "fold_train_seconds", "cv_", "mean_iterations", "action_freq")
+_METRIC_PREFIXES = (
+    "fold_accuracy",
+    "fold_flops",
+    "fold_train_seconds",
+    "cv_",
+    "mean_iterations",
+    "action_freq",
+)
 
 
 class SearchTracker(Callback):
@@ -85,6 +92,9 @@ class SearchTracker(Callback):
     ) -> None:
         if ERROR in result or FOLD_ACCURACIES not in result:
             return
+        if RESUMED_AT_FOLD in result:
+            # A tag, not a fold metric: it must show even when the fold itself is a replay.
+            self.queue.put("set_tags", trial.trial_id, tags={RESUMED_AT_FOLD: str(result[RESUMED_AT_FOLD])})
         metrics = {k: v for k, v in result.items() if _is_metric(k, v)}
         self.queue.put(
             "log_metrics",

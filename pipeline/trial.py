@@ -31,7 +31,7 @@ from models.factory import build_model
 from models.training import DivergenceError, evaluate, fit
 from pipeline.data import load_dataset, training_augmentation
 from pipeline.data.dataset import Dataset
-from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, FOLD_FLOPS, FOLDS_DONE
+from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, FOLD_FLOPS, FOLDS_DONE, RESUMED_AT_FOLD
 from pipeline.run_config import split_run_config
 
 FOLD_RESULTS_FILE = "folds.json"
@@ -165,6 +165,8 @@ def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         # the final result again instead of training anything.
         tune.report(fold_report(done))
         return
+    # Set on the first report after a restart, so the record shows where the retry resumed.
+    resumed = {RESUMED_AT_FOLD: len(done)} if done else {}
     for fold in range(len(done), settings.folds):
         train_index, test_index = folds[fold]
         try:
@@ -178,8 +180,10 @@ def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                 json.dumps([asdict(f) for f in done])
             )
             tune.report(
-                fold_report(done), checkpoint=tune.Checkpoint.from_directory(checkpoint_dir)
+                {**fold_report(done), **resumed},
+                checkpoint=tune.Checkpoint.from_directory(checkpoint_dir),
             )
+        resumed = {}
 
 
 def _restore(checkpoint: Any) -> list[FoldResult]:

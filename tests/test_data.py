@@ -67,6 +67,15 @@ def test_only_cifar_trains_with_augmentation() -> None:
         assert training_augmentation(name) is None
 
 
+def test_synthetic_is_generated_from_the_seed_with_known_difficulty() -> None:
+    first, again = load_dataset("synthetic", seed=3), load_dataset("synthetic", seed=3)
+    assert first.spec.task == "sequence"
+    assert first.difficulty_test is not None
+    assert first.difficulty_test.shape == (len(first.test),)
+    assert torch.equal(first.train.x, again.train.x) and torch.equal(first.test.y, again.test.y)
+    assert not torch.equal(first.train.x, load_dataset("synthetic", seed=4).train.x)
+
+
 # -------------------------------------------------------------------------------------- digits
 
 

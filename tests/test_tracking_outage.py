@@ -49,7 +49,8 @@ def _start_server(store: Path, port: int) -> subprocess.Popen:
 
 
 def _stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGKILL)
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGKILL)
     server.wait()
 
 

@@ -34,6 +34,7 @@ from pipeline.data.cifar import CIFAR10, CIFAR100, load_cifar
 from pipeline.data.dataset import Dataset
 from pipeline.data.digits import load_digits
 from pipeline.data.imdb import load_imdb
+from pipeline.data.synthetic import make_synthetic
 from pipeline.data.wikitext import load_wikitext2
 from pipeline.errors import UsageError
 
@@ -64,10 +65,7 @@ def _read_digits(data_dir: Path | None, download: bool, seed: int) -> Dataset:
 
 
 def _read_synthetic(data_dir: Path | None, download: bool, seed: int) -> Dataset:
-    # Imported on use: the generator belongs to the models side of the team and may change.
-    from pipeline.data.synthetic import make_synthetic
-
-    return make_synthetic(seed=seed)
+    return make_synthetic(seed=seed)  # generated: no folder, nothing to fetch
 
 
 _REGISTRY: dict[str, DatasetEntry] = {
