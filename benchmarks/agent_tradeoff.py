@@ -50,18 +50,18 @@ DATASETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "full": {
         "digits": {
-            "model": {"width": 32},
+            "model": {"width": 16},
             "train": {"epochs": 20, "warmup_epochs": 8, "batch_size": 64, "lr": 2e-3},
         },
         "synthetic": {
-            "model": {},
-            "train": {"epochs": 12, "warmup_epochs": 4, "batch_size": 64, "lr": 2e-3},
+            "model": {"embed_dim": 32, "hidden": 64},
+            "train": {"epochs": 8, "warmup_epochs": 3, "batch_size": 64, "lr": 3e-3},
         },
     },
 }
 MODES = {
     "quick": {"seeds": 1, "betas": [0.0, 0.1, 0.3]},
-    "full": {"seeds": 3, "betas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0]},
+    "full": {"seeds": 3, "betas": [0.0, 0.03, 0.1, 0.3, 0.6, 1.0]},
 }
 
 

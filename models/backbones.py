@@ -39,13 +39,6 @@ class Backbone(nn.Module):
     def pool(self, a: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def plain_forward(self, x: Tensor) -> Tensor:
-        """The plain three-layer network (Model 0's computation)."""
-        h = self.stem(x)
-        for layer in self.layers:
-            h, _ = layer.plain(h)
-        return self.head(h)
-
 
 class ConvBackbone(Backbone):
     """CNN for (C, H, W) images with C in {1, 3} and 8 ≤ H, W ≤ 32.

@@ -79,7 +79,7 @@ class DynaLay(DynaLayModule):
         costs = self.layer_costs(x, inputs, outputs)
 
         # 2. agent on detached summaries: its gradient cannot reach the main model
-        features = torch.cat([bb.pool(a).detach().float() for a in outputs], dim=1)
+        features = torch.cat([bb.pool(a).detach() for a in outputs], dim=1)
         policy_logits = self.agent(features).float()
         agent_cost = self.flop_table.per_sample("agent", self.agent, features)
         actions = self.choose(policy_logits.detach())
@@ -90,7 +90,8 @@ class DynaLay(DynaLayModule):
         iterations, residuals = self.empty_stats(batch, x.device)
         group = (actions > 0).nonzero().squeeze(1)
         if group.numel() > 0:
-            logits = logits.index_copy(0, group, self._recompute(group, actions, injections, outputs, iterations, residuals))
+            recomputed_logits = self._recompute(group, actions, injections, outputs, iterations, residuals)
+            logits = logits.index_copy(0, group, recomputed_logits.to(logits.dtype))
 
         recomputed = (actions > 0).double()
         flops = (

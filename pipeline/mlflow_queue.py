@@ -217,6 +217,8 @@ class _Applier:
         if once_per_step is not None:
             history = self.client.get_metric_history(run_id, once_per_step)
             if any(m.step == step for m in history):
+                # Said once, not hidden: the record shows that a fold result came twice.
+                self.client.set_tag(run_id, "replayed_fold", str(step))
                 return
         batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)

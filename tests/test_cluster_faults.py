@@ -19,13 +19,13 @@ from tests.search_helpers import ROOT
 
 pytestmark = pytest.mark.cluster
 
-FOLDS = 5
+FOLDS = 6
 
 SPACE = f"""\
 name: faults
 dataset: digits
 folds: {FOLDS}
-epochs: 2
+epochs: 3
 warmup_epochs: 1
 batch_size: 128
 num_samples: 4
@@ -44,14 +44,16 @@ def _fold_steps(client: MlflowClient, run_id: str, metric: str = "fold_accuracy"
     return [m.step for m in client.get_metric_history(run_id, metric)]
 
 
-def _running_with_folds(cluster: LocalCluster, experiment: str) -> int:
-    """Trials still running that have logged at least one fold."""
+def _running_mid_search(cluster: LocalCluster, experiment: str) -> int:
+    """Trials still running that have logged at least one fold and have two or more to go."""
     try:
         search = load_search(cluster.mlflow_uri, experiment)
     except Exception:  # noqa: BLE001 - the search run may not exist yet
         return 0
     client = MlflowClient(cluster.mlflow_uri)
-    return sum(1 for t in search.trials if t.state == "running" and _fold_steps(client, t.run_id))
+    return sum(
+        1 for t in search.trials if t.state == "running" and 1 <= len(_fold_steps(client, t.run_id)) <= FOLDS - 2
+    )
 
 
 def test_submitted_search_survives_a_dead_worker_node(local_cluster: LocalCluster, tmp_path: Path) -> None:
@@ -73,7 +75,7 @@ def test_submitted_search_survives_a_dead_worker_node(local_cluster: LocalCluste
     reader.start()
     try:
         deadline = time.monotonic() + 300
-        while _running_with_folds(cluster, "faults") < 1:
+        while _running_mid_search(cluster, "faults") < 1:
             assert submit.poll() is None, "".join(output)[-3000:]
             assert time.monotonic() < deadline, "no trial got past its first fold"
             time.sleep(0.5)
@@ -98,7 +100,8 @@ def test_submitted_search_survives_a_dead_worker_node(local_cluster: LocalCluste
             assert client.get_run(trial.run_id).data.tags.get("error")
             continue
         steps = _fold_steps(client, trial.run_id)
-        assert steps == list(range(len(steps))), f"{trial.trial_id}: a fold was trained twice: {steps}"
+        assert steps == list(range(len(steps))), f"{trial.trial_id}: folds logged {steps}"
+        assert "replayed_fold" not in client.get_run(trial.run_id).data.tags, "a fold was trained twice"
         resumed_at = client.get_run(trial.run_id).data.tags.get("resumed_at_fold")
         if resumed_at is not None:
             # The retry started after the folds the dead attempt had finished.
