@@ -46,13 +46,24 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     parser.set_defaults(mode="quick")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cuda when available, else cpu)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"folder for <name>.json and <name>.md (default {DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for <name>.json and <name>.md (default "
+                             f"{DEFAULT_OUT.relative_to(ROOT)} for --full, "
+                             f"{(DEFAULT_OUT / 'quick').relative_to(ROOT)} for --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads on CPU (default 1: the search runs one thread "
                              "per trial, and one thread is far less noisy on a shared machine)")
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses, then fills in the mode's default output folder: the README's tables come from
+    ``--full`` runs in ``benchmarks/results``; ``--quick`` runs write to its ``quick/``."""
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_OUT if args.mode == "full" else DEFAULT_OUT / "quick"
+    return args
 
 
 def resolve_device(name: str | None) -> Any:

@@ -60,8 +60,8 @@ DATASETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 MODES = {
-    "quick": {"seeds": 1, "betas": [0.0, 0.1, 0.3]},
-    "full": {"seeds": 3, "betas": [0.0, 0.03, 0.1, 0.3, 0.6, 1.0]},
+    "quick": {"seeds": 1, "betas": [0.0, 0.01, 0.3]},
+    "full": {"seeds": 3, "betas": [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]},
 }
 
 
@@ -270,11 +270,22 @@ def markdown(payload: dict[str, Any]) -> str:
                                     "≤ 60 % FLOPs at ≤ 1 point"), rows), ""]
         forced = result["runs"]["dynalay"][0].get("forced_actions")
         if forced:
+            plain = forced[0]["flops_per_sample"]
             rows = [(f["action"], C.fmt(100 * f["accuracy"], 4), C.fmt(f["flops_per_sample"] / 1e6, 3),
+                     C.fmt(f["action"] * f["flops_per_sample"] / plain, 3),
                      " / ".join(C.fmt(v, 3) for v in f["mean_iterations"])) for f in forced]
             lines += [f"The trained DynaLay (β={DEFAULT_BETA:g}, first seed) with every sample forced "
                       "onto one action:", "",
-                      C.markdown_table(("action", "accuracy %", "MFLOPs/sample", "FPI iters L1/L2/L3"), rows), ""]
+                      C.markdown_table(("action", "accuracy %", "MFLOPs/sample", "C(a)·k(a)",
+                                        "FPI iters L1/L2/L3"), rows), ""]
+            alpha = result["model_config"]["alpha"]
+            c1 = forced[1]["flops_per_sample"] / plain
+            lines += [
+                f"Reward scale: C(a)·k(a) is at least {c1:.2f} for every FPI action (C counted "
+                "against the plain pass plus the agent, close to the model's own C), so any FPI "
+                f"action loses more reward than the largest accuracy reward α = {alpha:g} can "
+                f"give once β > α / {c1:.2f} ≈ {alpha / c1:.3g}: above that, action 0 maximises "
+                "every sample's reward whatever the agent knows about it.", ""]
         diff = result["runs"]["dynalay"][0].get("by_difficulty")
         if diff:
             rows = [(d["group"], d["samples"], C.fmt(100 * d["accuracy"], 4), C.fmt(d["mean_action"], 3),
@@ -293,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = C.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "synthetic"],
                         choices=["digits", "synthetic"])
-    args = parser.parse_args(argv)
+    args = C.parse(parser, argv)
     started = time.perf_counter()
     device = C.resolve_device(args.device)
     C.set_threads(device, args.threads)

@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = C.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true",
                         help="also write torch.profiler tables of DynaLay, DEQ and Model 0 train steps")
-    args = parser.parse_args(argv)
+    args = C.parse(parser, argv)
     started = time.perf_counter()
     device = C.resolve_device(args.device)
     C.set_threads(device, args.threads)

@@ -446,7 +446,7 @@ def markdown(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = C.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--skip-concurrency", action="store_true")
-    args = parser.parse_args(argv)
+    args = C.parse(parser, argv)
     started = time.perf_counter()
     device = C.resolve_device(args.device)
     settings = MODES[args.mode]

@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", type=int, default=None, help="trial budget per arm (default: the space's)")
     parser.add_argument("--arms", nargs="+", default=[a for a, _ in ARMS], choices=[a for a, _ in ARMS])
     parser.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
-    args = parser.parse_args(argv)
+    args = C.parse(parser, argv)
     if "b" not in args.arms:
         parser.error("--arms must include b: the hypervolume threshold is (b)'s")
     started = time.perf_counter()
