@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -40,6 +41,14 @@ class CrossValidatedOptunaSearch(OptunaSearch):
     ) -> None:
         if trial_id in self._completed_trials:
             return
+        try:
+            self._tell(trial_id, result, error)
+        except UpdateFinishedTrialError:
+            # A trial restored after the driver died may have been told already.
+            logger.info("Optuna already holds the end of trial %s", trial_id)
+        self._completed_trials.add(trial_id)
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         ot_trial = self._ot_trials[trial_id]
         ending = outcome(result, self.folds, errored=error)
         result = result or {}
@@ -50,6 +59,4 @@ class CrossValidatedOptunaSearch(OptunaSearch):
         if ending.error:
             ot_trial.set_user_attr(ERROR, ending.error[:500])
         values = [float(result[m]) for m in OBJECTIVES] if ending.state == "finished" else None
-        # skip_if_finished: a trial restored after the driver died may have been told already.
         self._ot_study.tell(ot_trial, values, state=_STATES[ending.state], skip_if_finished=True)
-        self._completed_trials.add(trial_id)
