@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: setup demo test test-fast bench-quick clean browser-deps
+.PHONY: setup demo test test-fast bench-quick clean browser-deps data-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/dynalay search --space digits
 
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps data-deps
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP)
@@ -38,6 +38,13 @@ browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: install Debian's chromium for the browser test"; fi; }
+
+# Fashion-MNIST's four official IDX files, from Debian's package (read offline by the
+# `fashion_mnist` data set; nothing is downloaded at run time).
+data-deps:
+	@[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else echo "Fashion-MNIST not found: install Debian's dataset-fashion-mnist for the fashion_mnist data set"; fi; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

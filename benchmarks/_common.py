@@ -51,9 +51,11 @@ def make_parser(description: str) -> argparse.ArgumentParser:
                              f"{DEFAULT_OUT.relative_to(ROOT)} for --full, "
                              f"{(DEFAULT_OUT / 'quick').relative_to(ROOT)} for --quick)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads on CPU (default 1: the search runs one thread "
-                             "per trial, and one thread is far less noisy on a shared machine)")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="torch intra-op threads, N or 'auto' (the CPUs this process may use "
+                             "that others leave free: pipeline.threads). Default on CPU 1: a "
+                             "search trial's default (cpus_per_trial 1), and one thread is far "
+                             "less noisy on a shared machine; on CUDA 'auto'")
     return parser
 
 
@@ -77,13 +79,31 @@ def resolve_device(name: str | None) -> Any:
     return device
 
 
-def set_threads(device: Any, threads: int | None) -> int:
+def thread_count(text: str) -> int | str:
+    """An argparse type: ``auto`` or a thread count >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text}")
+    return value
+
+
+def set_threads(device: Any, threads: int | str | None) -> int:
+    """Sets torch's intra-op threads for ``--threads`` (see :func:`make_parser`); returns them."""
     import torch
 
-    if device.type == "cpu":
-        torch.set_num_threads(threads or 1)
-    elif threads:
-        torch.set_num_threads(threads)
+    from pipeline.threads import apply_threads
+
+    if threads is None:
+        threads = 1 if getattr(device, "type", device) == "cpu" else "auto"
+    if threads == "auto":
+        apply_threads()
+    else:
+        torch.set_num_threads(int(threads))
     return torch.get_num_threads()
 
 
@@ -261,6 +281,7 @@ def environment(device: Any, mode: str, seed: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "usable_cpus": _usable_cpus(),
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": load_average(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -282,6 +303,12 @@ def environment(device: Any, mode: str, seed: int) -> dict[str, Any]:
     return info
 
 
+def _usable_cpus() -> int:
+    from pipeline.threads import affinity_cpus, cgroup_cpu_quota, usable_cpus
+
+    return usable_cpus(len(affinity_cpus()), cgroup_cpu_quota())
+
+
 def _module_name() -> str:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
@@ -295,7 +322,9 @@ def env_line(env: dict[str, Any]) -> str:
     parts = [
         f"mode `{env['mode']}`",
         f"device `{env['device']}`" + (f" ({env['gpu']})" if env.get("gpu") else ""),
-        f"{env['cpu_count']} CPU cores, torch {env['torch']} with {env['torch_threads']} thread(s)",
+        f"{env['cpu_count']} CPU cores"
+        + (f" ({env['usable_cpus']} usable)" if env.get("usable_cpus", env["cpu_count"]) != env["cpu_count"] else "")
+        + f", torch {env['torch']} with {env['torch_threads']} thread(s)",
     ]
     if load:
         parts.append(f"1-min load average {load[0]:.2f} at start" +

@@ -6,7 +6,8 @@
 #   cluster/local.sh env            `export` lines for a shell: eval "$(cluster/local.sh env)"
 #   cluster/local.sh down           stop everything `up` started, worker nodes included
 #   cluster/local.sh kill-worker N  SIGKILL worker node N (1-based) as a crashed machine would die
-#   cluster/local.sh start-worker N start worker node N again
+#   cluster/local.sh start-worker N start worker node N again (its processes, and so the trials it
+#                                   runs, inherit the environment this command runs with)
 #
 # Every process is started by this script under `setsid`, so it leads its own process group;
 # `down` signals exactly those groups (never `ray stop`, which would also stop every other Ray

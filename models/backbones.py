@@ -54,6 +54,7 @@ class ConvBackbone(Backbone):
         width: int = 32,
         *,
         contraction: float | None = 0.9,
+        contraction_bound: str = "circular",
         **fpi_options: object,
     ) -> None:
         super().__init__()
@@ -71,7 +72,7 @@ class ConvBackbone(Backbone):
                 nn.MaxPool2d(2),
                 nn.GroupNorm(_groups(c_out), c_out),
             )
-            state = ContractiveConv(c_out, 3, spatial_dims=2, contraction=contraction)
+            state = ContractiveConv(c_out, 3, spatial_dims=2, contraction=contraction, bound=contraction_bound)
             layers.append(FPILayer(inject, state, nn.ReLU(), **fpi_options))  # type: ignore[arg-type]
             c_in = c_out
         self.layers = nn.ModuleList(layers)
@@ -118,6 +119,7 @@ class LSTMBackbone(Backbone):
         *,
         language_model: bool = False,
         contraction: float | None = 0.9,
+        contraction_bound: str = "circular",
         **fpi_options: object,
     ) -> None:
         super().__init__()
@@ -127,7 +129,8 @@ class LSTMBackbone(Backbone):
         in_dim = embed_dim
         for _ in range(3):
             state = ContractiveConv(
-                hidden, 3, spatial_dims=1, contraction=contraction, causal=language_model
+                hidden, 3, spatial_dims=1, contraction=contraction, causal=language_model,
+                bound=contraction_bound,
             )
             layers.append(
                 FPILayer(LSTMInjection(in_dim, hidden), state, nn.Tanh(), **fpi_options)  # type: ignore[arg-type]

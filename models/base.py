@@ -32,6 +32,13 @@ def per_sample_correct(logits: Tensor, y: Tensor) -> Tensor:
     return hits.flatten(1).mean(dim=1) if hits.dim() > 1 else hits
 
 
+def per_sample_true_probability(logits: Tensor, y: Tensor) -> Tensor:
+    """float (B,): the softmax probability of the true class; per sequence, its mean over
+    tokens. A graded version of `per_sample_correct` (no gradient)."""
+    probability = logits.detach().float().softmax(dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return probability.flatten(1).mean(dim=1) if probability.dim() > 1 else probability
+
+
 @dataclass(frozen=True)
 class LayerCosts:
     """Per-sample FLOPs of each application the backbone can run."""

@@ -97,7 +97,7 @@ class DEQ(DynaLayModule):
         layer = self.backbone.layers[layer_index]
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.float()
-            weight = layer.state.effective_weight()
+            weight = layer.state.effective_weight(layer.state.spatial_shape(u))
             calls = 0
 
             def f(z: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ space fails loudly instead of silently training the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -24,6 +25,11 @@ MODEL_KINDS: tuple[str, ...] = ("dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq
 BACKWARD_MODES: tuple[str, ...] = ("implicit", "jfb", "unroll")
 DEQ_SOLVERS: tuple[str, ...] = ("anderson", "broyden")
 BASELINES: tuple[str, ...] = ("ema", "batch", "plain")
+CONTRACTION_BOUNDS: tuple[str, ...] = ("circular", "taps")
+PATH_LOSSES: tuple[str, ...] = ("routed", "every")
+POLICY_GRADIENTS: tuple[str, ...] = ("reinforce", "expected")
+REWARD_COSTS: tuple[str, ...] = ("depth", "flops")
+REWARD_HITS: tuple[str, ...] = ("correct", "probability")
 TASKS: tuple[str, ...] = ("image", "sequence", "language_model")
 
 _Config = TypeVar("_Config", bound="_DictConfig")
@@ -73,13 +79,45 @@ class ModelConfig(_DictConfig):
             through the iterations).
         contraction: bound on the state path's operator norm, in (0, 1); None leaves the state
             path unconstrained (convergence is then not guaranteed).
-        alpha, beta, gamma: reward R = α·correct − β·C(a)·k(a); loss = CE + γ·policy term.
+        contraction_bound: how the state path's norm is bounded to enforce `contraction`:
+            `circular` (the exact norm of the circular convolution embedding the zero-padded
+            one; tight) or `taps` (Σ over kernel taps of σ_max; about 3× loose, so the real
+            contraction is far below `contraction`). See models.contraction.
+        alpha, beta, gamma: reward R = α·correct − β·cost(a); loss = CE + γ·policy term.
+        reward_cost: cost(a) in the reward. `depth` (the thesis): C(a)·k(a), C the action's
+            FLOPs over the plain pass', k its number of FPI layers, so a FLOP spent on action 3
+            costs three times one spent on action 1. `flops`: C(a) − 1, the extra compute over
+            the plain pass; then E[R] = α·accuracy − β·FLOPs/plain, the Lagrangian of "best
+            accuracy at a FLOP budget", which the operating curve and the confidence router are
+            judged by.
+        reward_hit: "correct" in the reward: `correct` (1/0, the thesis) or `probability` (the
+            softmax probability of the true class: the same quantity in expectation over a
+            calibrated model, but graded, so one sample says how much an action helped, not only
+            whether it flipped the prediction).
         entropy: weight of the policy's entropy bonus, in reward units (keeps the agent
             exploring; see models.agent).
         baseline: REINFORCE baseline, `ema` (moving average of the batch-mean reward),
             `batch` (the current batch mean) or `plain` (self-critical: the reward the plain
             pass earned on the same sample).
         agent_hidden: hidden units of the AgentNet MLP.
+        agent_confidence: also feed the agent the plain pass' 4 largest softmax probabilities,
+            sorted (mean over tokens for language models): the plain prediction's confidence,
+            which the pooled activations hold only through the head's softmax.
+        path_loss: DynaLay's training objective for the main model. `routed`: CE on the logits
+            of the action each sample took (the plain logits or its FPI recomputation).
+            `every`: every training sample also runs every FPI path (actions 1..3 share their
+            solves, so this costs about one action-3 recomputation), and the CE is the mean over
+            the four paths' logits: the plain pass stays a good cheap exit and every FPI path a
+            trained expensive one, whatever the agent currently routes.
+        policy_gradient: how the agent learns. `reinforce`: the score-function estimate on the
+            sampled action, with `baseline`. `expected`: the exact gradient of the expected
+            reward Σ_a π(a|x)·R(x, a), from every action's reward: training then runs every
+            path for every sample (as `path_loss: every` does; with `routed` the CE still
+            takes only the sampled action's logits); no sampling noise, no baseline needed.
+        route_bias: added to the agent's logit of action 0 (plain) when it takes its argmax at
+            evaluation: > 0 routes fewer samples to FPI, < 0 more. Sweeping it traces the
+            model's accuracy-compute operating curve without retraining
+            (models.routing.operating_curve); training ignores it.
         deq_solver: TorchDEQ forward solver for `deq`, `anderson` or `broyden`.
         embed_dim, hidden: embedding and LSTM sizes of the sequence backbone.
     """
@@ -91,12 +129,19 @@ class ModelConfig(_DictConfig):
     max_iter: int = 30
     backward: str = "implicit"
     contraction: float | None = 0.9
+    contraction_bound: str = "circular"
     alpha: float = 0.5
     beta: float = 0.3
+    reward_cost: str = "depth"
+    reward_hit: str = "correct"
     gamma: float = 0.2
     entropy: float = 0.05
     baseline: str = "ema"
     agent_hidden: int = 64
+    agent_confidence: bool = False
+    path_loss: str = "routed"
+    policy_gradient: str = "reinforce"
+    route_bias: float = 0.0
     deq_solver: str = "anderson"
     embed_dim: int = 64
     hidden: int = 128
@@ -106,6 +151,13 @@ class ModelConfig(_DictConfig):
         _check_choice("backward", self.backward, BACKWARD_MODES)
         _check_choice("deq_solver", self.deq_solver, DEQ_SOLVERS)
         _check_choice("baseline", self.baseline, BASELINES)
+        _check_choice("contraction_bound", self.contraction_bound, CONTRACTION_BOUNDS)
+        _check_choice("path_loss", self.path_loss, PATH_LOSSES)
+        _check_choice("policy_gradient", self.policy_gradient, POLICY_GRADIENTS)
+        _check_choice("reward_cost", self.reward_cost, REWARD_COSTS)
+        _check_choice("reward_hit", self.reward_hit, REWARD_HITS)
+        if not math.isfinite(self.route_bias):
+            raise ValueError(f"route_bias={self.route_bias!r} must be finite")
         for name in ("width", "max_iter", "agent_hidden", "embed_dim", "hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -22,7 +22,8 @@ def build_backbone(cfg: ModelConfig, spec: ModelSpec) -> Backbone:
         if not (8 <= min(height, width) and max(height, width) <= 32):
             raise ValueError(f"image size {height}x{width} is outside 8x8..32x32")
         return ConvBackbone(
-            channels, spec.num_classes, cfg.width, contraction=cfg.contraction, **fpi_options
+            channels, spec.num_classes, cfg.width, contraction=cfg.contraction,
+            contraction_bound=cfg.contraction_bound, **fpi_options,
         )
     assert spec.vocab_size is not None  # ModelSpec enforces it for sequence tasks
     return LSTMBackbone(
@@ -32,6 +33,7 @@ def build_backbone(cfg: ModelConfig, spec: ModelSpec) -> Backbone:
         cfg.hidden,
         language_model=spec.task == "language_model",
         contraction=cfg.contraction,
+        contraction_bound=cfg.contraction_bound,
         **fpi_options,
     )
 

@@ -166,7 +166,7 @@ class FPILayer(nn.Module):
     def f(self, z: Tensor, u: Tensor, weight: Tensor | None = None) -> Tensor:
         """One application φ(u + s(z)); `weight` is a precomputed state weight."""
         if weight is None:
-            weight = self.state.effective_weight()
+            weight = self.state.effective_weight(self.state.spatial_shape(z))
         return self.activation(u + self.state.apply_weight(z, weight))
 
     def forward(self, x: Tensor) -> FixedPoint:
@@ -184,7 +184,7 @@ class FPILayer(nn.Module):
                 u = u.float()
             start = self.activation(u) if z0 is None else z0.to(u.dtype)
             start = start.detach()
-            weight = self.state.effective_weight()
+            weight = self.state.effective_weight(self.state.spatial_shape(u))
             grad_needed = torch.is_grad_enabled() and (u.requires_grad or weight.requires_grad)
 
             if grad_needed and self.backward_mode == "unroll":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -28,6 +28,11 @@ class ForwardStats:
         entropy: (B,) or None: entropy of the agent's policy (DynaLay only).
         plain_predictions: int64 (B,) or (B, T) or None: the plain pass' argmax predictions
             (DynaLay only; the self-critical baseline scores them).
+        policy_logits: float (B, 4) or None: the agent's logits over the actions (DynaLay only).
+        path_logits: (B, 4, K) or (B, 4, T, V) or None: the logits of every action's path,
+            plain first (DynaLay training with `path_loss: every` only).
+        path_cost: float64 (B, 4) or None: C(a) of every action for this sample, its FLOPs over
+            the plain pass' (wherever `path_logits` is set).
     """
 
     flops: Tensor
@@ -38,6 +43,9 @@ class ForwardStats:
     log_prob: Tensor | None = None
     entropy: Tensor | None = None
     plain_predictions: Tensor | None = None
+    policy_logits: Tensor | None = None
+    path_logits: Tensor | None = None
+    path_cost: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.flops.shape[0])
@@ -51,16 +59,7 @@ class ForwardStats:
             t = t.detach()
             return t if device is None else t.to(device)
 
-        return ForwardStats(
-            flops=move(self.flops),  # type: ignore[arg-type]
-            actions=move(self.actions),  # type: ignore[arg-type]
-            iterations=move(self.iterations),  # type: ignore[arg-type]
-            residuals=move(self.residuals),  # type: ignore[arg-type]
-            cost=move(self.cost),
-            log_prob=move(self.log_prob),
-            entropy=move(self.entropy),
-            plain_predictions=move(self.plain_predictions),
-        )
+        return ForwardStats(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
     @staticmethod
     def merge(parts: Sequence[ForwardStats]) -> ForwardStats:
@@ -75,16 +74,7 @@ class ForwardStats:
                 return None
             return torch.cat([v.detach() for v in values])
 
-        return ForwardStats(
-            flops=cat("flops"),  # type: ignore[arg-type]
-            actions=cat("actions"),  # type: ignore[arg-type]
-            iterations=cat("iterations"),  # type: ignore[arg-type]
-            residuals=cat("residuals"),  # type: ignore[arg-type]
-            cost=cat("cost"),
-            log_prob=cat("log_prob"),
-            entropy=cat("entropy"),
-            plain_predictions=cat("plain_predictions"),
-        )
+        return ForwardStats(**{f.name: cat(f.name) for f in fields(ForwardStats)})
 
     def action_freq(self) -> list[float]:
         """Fraction of samples per action 0..3."""

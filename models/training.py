@@ -66,7 +66,8 @@ class EvalResult:
         }
 
 
-def _autocast(device: torch.device, amp: bool) -> torch.autocast:
+def autocast_for(device: torch.device, amp: bool) -> torch.autocast:
+    """bf16 autocast on CUDA when `amp`, a disabled context elsewhere."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
@@ -138,7 +139,7 @@ def fit(
                 xb, yb = x[idx], y[idx]
                 if augment is not None:
                     xb = augment(xb)
-                with _autocast(device, cfg.amp):
+                with autocast_for(device, cfg.amp):
                     logits, stats = model(xb)
                     loss, info = model.loss(logits, stats, yb)
                 loss_value = float(loss.detach())
@@ -186,7 +187,7 @@ def _forward_batches(
             xb = x[rows].to(device)
             _synchronize(device)
             began = time.perf_counter()
-            with _autocast(device, amp):
+            with autocast_for(device, amp):
                 logits, stats = model(xb)
             _synchronize(device)
             yield rows, logits, stats, time.perf_counter() - began

@@ -87,21 +87,24 @@ def _add_train(commands: Any) -> None:
                        help="dynalay, plain, fpi1, fpi2, fpi3 or deq "
                        "(default: 'model' in --config)")
     train.add_argument("--dataset", metavar="NAME",
-                       help="digits, cifar10, cifar100, wikitext2, imdb or synthetic "
-                       "(default: 'dataset' in --config)")
+                       help="digits, cifar10, cifar100, wikitext2, imdb, synthetic, "
+                       "fashion_mnist, mnist or maze (default: 'dataset' in --config)")
     train.add_argument("--config", metavar="FILE",
                        help="YAML of flat run-config keys (ModelConfig/TrainConfig field names, "
                        "model, dataset)")
     train.add_argument("--epochs", type=int, metavar="N", help="training epochs, warm-up included")
     train.add_argument("--device", metavar="D",
                        help="torch device (default: cuda if available, else cpu)")
-    train.add_argument("--seed", type=int, metavar="S",
+    train.add_argument("--seed", type=search_cli.seed_value, metavar="S",
                        help="seeds the data split, the batch order and the model's randomness")
     train.add_argument("--data-dir", metavar="DIR", help="folder holding the data set's files")
     train.add_argument("--download", action="store_true",
                        help="fetch missing CIFAR files through torchvision where it imports")
     train.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=search_cli._positive_int, metavar="N",
+                       help="torch CPU threads (default: OMP_NUM_THREADS if set, else the CPUs "
+                       "this process may use that others leave free, re-checked every epoch)")
     train.set_defaults(handler=_train)
 
 
@@ -112,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     from models.training import DivergenceError, evaluate, fit
     from pipeline.data import load_dataset, training_augmentation
     from pipeline.run_config import load_run_config, split_run_config
+    from pipeline.threads import ThreadGovernor, requested_from_environment
 
     # Every check that needs no data comes first, so a typo fails before minutes of loading.
     values = load_run_config(args.config) if args.config else {}
@@ -130,10 +134,11 @@ def _train(args: argparse.Namespace) -> int:
     dataset = load_dataset(dataset_name, args.data_dir, args.download, seed=train_cfg.seed)
     torch.manual_seed(train_cfg.seed)  # the model's initial weights
     model = build_model(model_cfg, dataset.spec)
+    threads = ThreadGovernor(requested=args.threads or requested_from_environment())
     started = time.perf_counter()
     try:
         history = fit(model, dataset.train, train_cfg, device, progress=not args.no_progress,
-                      augment=augment)
+                      augment=augment, on_epoch=threads.on_epoch)
     except DivergenceError as error:
         # A failed run, not bad input: one line like every error, but exit code 1.
         print(f"{PROG}: error: training diverged: {error}", file=sys.stderr)
@@ -150,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
         "train_samples": len(dataset.train),
         "test_samples": len(dataset.test),
         "train_seconds": train_seconds,
+        "threads_per_epoch": threads.per_epoch,
         **result.to_dict(),
         "model_config": model_cfg.to_dict(),
         "train_config": train_cfg.to_dict(),

@@ -6,9 +6,13 @@ first one the server does not accept for a transient reason (unreachable, 5xx); 
 picks up from there. A driver that dies with ops pending replays them when the search is
 resumed, because the spool and the count of applied ops live in the run directory.
 
-Ops name their run by a *key* ("parent" or a Ray Tune trial id) rather than an MLflow run id:
-a run that could not be created during an outage has no id yet. Runs are found again by the
+Ops name their run by a *key* ("parent" or a trial's key) rather than an MLflow run id: a run
+that could not be created during an outage has no id yet. Runs are found again by the
 ``dynalay.key`` tag, so replaying a ``create_run`` after a crash never duplicates a run.
+
+An op that MLflow refuses for good (a bad value, an op kind this version does not know) is
+not retried: it is appended to ``mlflow_ops.refused.jsonl`` with the reason, counted in
+:attr:`MlflowQueue.refused`, logged, and skipped, so that it cannot block the writes behind it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ class MlflowQueue:
         self.search_id = search_id
         self._spool = Path(spool_dir) / "mlflow_ops.jsonl"
         self._applied_marker = Path(spool_dir) / "mlflow_ops.applied"
+        self.refused_log = Path(spool_dir) / "mlflow_ops.refused.jsonl"
+        #: Ops refused for good by this queue object (each is also in :attr:`refused_log`).
+        self.refused = 0
         self._spool.parent.mkdir(parents=True, exist_ok=True)
         self._pending: list[Op] = self._load_pending()
         self._applier: _Applier | None = None
@@ -95,7 +102,7 @@ class MlflowQueue:
                 self._applier_or_new().apply(self._pending[0])
             except Exception as exc:  # noqa: BLE001 - any failure leaves the op for later
                 if _is_permanent(exc):
-                    logger.warning("MLflow refused %s (%s); dropped", self._pending[0].kind, exc)
+                    self._record_refusal(self._pending[0], exc)
                 else:
                     self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     self._applier = None
@@ -127,6 +134,15 @@ class MlflowQueue:
                 self.tracking_uri, self.experiment_name, self.search_id, self.artifact_location
             )
         return self._applier
+
+    def _record_refusal(self, op: Op, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        logger.warning(
+            "MLflow refused %s for %s (%s); skipped, kept in %s", op.kind, op.key, reason, self.refused_log
+        )
+        with self.refused_log.open("a") as log:
+            log.write(json.dumps({**asdict(op), "reason": reason}) + "\n")
+        self.refused += 1
 
     def _load_pending(self) -> list[Op]:
         if not self._spool.exists():
@@ -160,7 +176,14 @@ class _Applier:
         )
         self._run_ids: dict[str, str] = {}
 
+    #: The op kinds, each a method below.
+    KINDS = frozenset(
+        {"create_run", "set_status", "log_params", "log_metrics", "set_tags", "log_artifact", "terminate"}
+    )
+
     def apply(self, op: Op) -> None:
+        if op.kind not in self.KINDS:
+            raise UnknownOpError(f"unknown MLflow op kind {op.kind!r}")
         getattr(self, op.kind)(op.key, **op.payload)
 
     def find_run(self, key: str) -> str | None:
@@ -184,7 +207,9 @@ class _Applier:
 
     # -- op kinds -------------------------------------------------------------------------
     def create_run(self, key: str, name: str, tags: dict[str, str], parent: str | None = None) -> None:
+        """Create the run for ``key``; when it exists (a replay, a resumed trial), set ``tags``."""
         if self.find_run(key) is not None:
+            self.set_tags(key, tags)
             return
         all_tags = {**tags, KEY_TAG: key, SEARCH_TAG: self.search_id}
         if parent is not None:
@@ -232,12 +257,19 @@ class _Applier:
         if Path(path).exists():
             self.client.log_artifact(self._run(key), path)
 
+    def set_status(self, key: str, status: str) -> None:
+        self.client.update_run(self._run(key), status=status)
+
     def terminate(self, key: str, status: str) -> None:
         self.client.set_terminated(self._run(key), status=status)
 
 
+class UnknownOpError(LookupError):
+    """An op kind this version cannot apply (a spool written by another version, or a bug)."""
+
+
 def _is_permanent(exc: Exception) -> bool:
-    """A refusal that retrying cannot fix (bad value), as opposed to an outage."""
+    """A refusal that retrying cannot fix (a bad value, an unknown op), as opposed to an outage."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from pipeline.errors import UsageError
+from pipeline.preflight import check_writable_path
 from pipeline.space import HYPERPARAMETERS
 
 __all__ = [
@@ -153,17 +154,22 @@ def knee(records: Iterable[TrialRecord]) -> TrialRecord:
     front = pareto_front(records)
     if not front:
         raise UsageError("no finished trial with accuracy and FLOPs to choose a knee from")
-    accuracy = np.array([r.cv_accuracy for r in front], dtype=float)
-    flops = np.array([r.cv_flops for r in front], dtype=float)
-    if len(front) < 3 or np.ptp(flops) == 0 or np.ptp(accuracy) == 0:
-        return front[0]
-    x = (flops - flops.min()) / (flops.max() - flops.min())
-    y = (accuracy - accuracy.min()) / (accuracy.max() - accuracy.min())
-    # Signed distance to the line y = x, positive toward the ideal corner (0, 1); the /√2 is
-    # dropped because only the order matters. argmax returns the first (cheapest) on ties.
-    bulge = y - x
-    best = int(np.argmax(bulge))
-    return front[best] if bulge[best] > 0 else front[0]
+    return front[knee_index([r.cv_accuracy for r in front], [r.cv_flops for r in front])]
+
+
+def knee_index(accuracy: Sequence[float], flops: Sequence[float]) -> int:
+    """Index of the knee among ``(accuracy, flops)`` points sorted by FLOPs (a front).
+
+    With both rescaled to [0, 1], the knee is the point furthest above the line joining the
+    cheapest and the most expensive point (toward "cheap and accurate"); with fewer than three
+    points, a flat range, or nothing above the line, the cheapest (index 0).
+    """
+    acc, cost = np.asarray(accuracy, dtype=float), np.asarray(flops, dtype=float)
+    if len(acc) < 3 or np.ptp(cost) == 0 or np.ptp(acc) == 0:
+        return 0
+    bulge = (acc - acc.min()) / np.ptp(acc) - (cost - cost.min()) / np.ptp(cost)
+    best = int(np.argmax(bulge))  # the first (cheapest) on ties
+    return best if bulge[best] > 0 else 0
 
 
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
@@ -296,12 +302,17 @@ def export_configs(
         The paths written, in the order of ``records``.
 
     Raises:
-        UsageError: ``records`` is empty.
+        UsageError: ``records`` is empty, or a file cannot be written (``path`` is a directory,
+            its folder cannot be created, no permission).
     """
     if not records:
         raise UsageError(f"{path}: no trials to export")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_path(path, "--export", directory=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--export {path}: cannot create {path.parent} ({error.strerror})") from None
     written: list[Path] = []
     for record in records:
         target = path if len(records) == 1 else _numbered(path, record.trial_id)
@@ -312,7 +323,10 @@ def export_configs(
                 if key in _SEARCH_ONLY_KEYS or key in ("dataset", "model") or plain is None:
                     continue
                 config[key] = plain
-        target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        try:
+            target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"--export {target}: cannot write ({error.strerror})") from None
         written.append(target)
     return written
 

@@ -4,13 +4,20 @@ Each trial is a k-fold cross-validation; after every fold it reports the fold's 
 its FLOPs per sample. All trials use the same seeded folds, so fold ``j`` of one trial and
 fold ``j`` of another were trained and tested on the same data: their accuracies are *paired*.
 
-Optuna's pruners refuse multi-objective studies, so the decision is made here, on plain
-records, and the Ray Tune scheduler (``pipeline/scheduler.py``) asks after each fold. With two
-objectives (maximise accuracy, minimise FLOPs) a trial may only be pruned for losing to a
-trial that is at least as cheap: a cheap, less accurate trial can still be Pareto-optimal and
-is never pruned for being beaten by an expensive one.
+With two objectives (maximise accuracy, minimise FLOPs) a trial may only be pruned for losing
+to a trial that is at least as cheap: a cheap, less accurate trial can still be Pareto-optimal
+and is never pruned for being beaten by an expensive one.
 
-Nothing here imports Ray; every function is pure.
+Each pruner is an :class:`optuna.pruners.BasePruner` with two entrances to one decision,
+:meth:`FoldPruner.should_prune` on plain :class:`FoldHistory` records:
+
+* the Ray Tune scheduler (``pipeline/scheduler.py``) calls ``should_prune`` after each fold;
+* a plain Optuna study calls :meth:`FoldPruner.prune` (``study.pruner.prune(study, trial)``),
+  which reads the paired fold scores from the trials' user attributes (``fold_accuracies`` and
+  ``fold_flops_history``, appended by :func:`record_fold`), as OptunaHub's multi-metric pruners
+  do: ``Trial.report``/``should_prune`` refuse multi-objective studies.
+
+Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -19,21 +26,29 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.errors import UsageError
+from pipeline.outcome import FOLD_ACCURACIES, FOLD_FLOPS
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = [
+    "PRUNERS",
     "FoldHistory",
+    "FoldPruner",
     "NopPruner",
     "ParetoMedianPruner",
     "ParetoWilcoxonPruner",
     "PruneDecision",
-    "Pruner",
     "make_pruner",
     "min_decidable_folds",
+    "record_fold",
 ]
 
 
@@ -76,12 +91,49 @@ class PruneDecision:
     compared_with: str | None = None
 
 
-class Pruner(Protocol):
-    """Decides, after each fold, whether a running trial should stop."""
+class FoldPruner(BasePruner):
+    """An Optuna pruner that decides on paired fold scores.
+
+    Subclasses implement :meth:`should_prune`; :meth:`prune` is Optuna's entrance to it.
+    """
 
     def should_prune(self, running: FoldHistory, finished: Sequence[FoldHistory]) -> PruneDecision:
         """Compare ``running`` with the trials that completed all their folds."""
-        ...
+        raise NotImplementedError
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Optuna's entrance: ``trial``'s fold scores against the study's COMPLETE trials.
+
+        Both come from user attributes (see :func:`record_fold`); a COMPLETE trial without
+        them is not compared against.
+        """
+        finished = [
+            _history_of(other)
+            for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if other.number != trial.number
+        ]
+        running = _history_of(trial)
+        return self.should_prune(running, [h for h in finished if h.n_folds > 0]).prune
+
+
+def record_fold(trial: optuna.Trial, accuracy: float, flops: float) -> None:
+    """Append one fold's accuracy and FLOPs per sample to ``trial``'s user attributes.
+
+    Call it after each fold, before ``study.pruner.prune(...)``; every trial of a study must
+    score the same folds in the same order, so that fold ``j`` scores are paired.
+    """
+    accuracies = list(trial.user_attrs.get(FOLD_ACCURACIES, []))
+    flops_history = list(trial.user_attrs.get(FOLD_FLOPS, []))
+    trial.set_user_attr(FOLD_ACCURACIES, [*accuracies, float(accuracy)])
+    trial.set_user_attr(FOLD_FLOPS, [*flops_history, float(flops)])
+
+
+def _history_of(trial: FrozenTrial) -> FoldHistory:
+    return FoldHistory(
+        str(trial.number),
+        list(trial.user_attrs.get(FOLD_ACCURACIES, [])),
+        list(trial.user_attrs.get(FOLD_FLOPS, [])),
+    )
 
 
 def min_decidable_folds(p_threshold: float) -> int:
@@ -120,7 +172,7 @@ def _no_costlier(running: FoldHistory, finished: Sequence[FoldHistory]) -> list[
     ]
 
 
-class ParetoWilcoxonPruner:
+class ParetoWilcoxonPruner(FoldPruner):
     """Prune a trial whose paired fold accuracies lose to an at-least-as-cheap finished trial.
 
     For each finished trial whose mean FLOPs are no higher than the running trial's, the fold
@@ -199,7 +251,7 @@ class ParetoWilcoxonPruner:
         )
 
 
-class ParetoMedianPruner:
+class ParetoMedianPruner(FoldPruner):
     """Prune a trial whose running mean accuracy is below the median of no-costlier trials.
 
     After fold ``j`` the running trial's mean accuracy over folds ``1..j`` is compared with the
@@ -247,7 +299,7 @@ class ParetoMedianPruner:
         return PruneDecision(False, f"mean accuracy {mine:.4g} >= median {median:.4g}")
 
 
-class NopPruner:
+class NopPruner(FoldPruner):
     """Never prunes: every trial runs all its folds."""
 
     def should_prune(self, running: FoldHistory, finished: Sequence[FoldHistory]) -> PruneDecision:
@@ -255,16 +307,20 @@ class NopPruner:
         return PruneDecision(False, "pruning disabled")
 
 
-def make_pruner(name: str) -> Pruner:
-    """The pruner a search space or ``--pruner`` names: ``wilcoxon``, ``median`` or ``none``.
+#: The pruners a search space or ``--pruner`` can name.
+PRUNERS: dict[str, type[FoldPruner]] = {
+    "wilcoxon": ParetoWilcoxonPruner,
+    "median": ParetoMedianPruner,
+    "none": NopPruner,
+}
+
+
+def make_pruner(name: str) -> FoldPruner:
+    """The pruner ``name`` in :data:`PRUNERS`, with its default settings.
 
     Raises:
-        UsageError: for any other name.
+        UsageError: for a name not in :data:`PRUNERS`.
     """
-    if name == "wilcoxon":
-        return ParetoWilcoxonPruner()
-    if name == "median":
-        return ParetoMedianPruner()
-    if name == "none":
-        return NopPruner()
-    raise UsageError(f"unknown pruner {name!r} (known: wilcoxon, median, none)")
+    if name not in PRUNERS:
+        raise UsageError(f"unknown pruner {name!r} (known: {', '.join(PRUNERS)})")
+    return PRUNERS[name]()

@@ -29,6 +29,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from models.config import MODEL_KINDS, ModelConfig, TrainConfig
 from pipeline.errors import UsageError
+from pipeline.space import MAX_SEED
 
 __all__ = ["MODEL_KEY", "DATASET_KEY", "run_config_keys", "load_run_config", "split_run_config"]
 
@@ -99,7 +100,8 @@ def split_run_config(
 
     Raises:
         UsageError: a key that is no setting, ``model`` and ``kind`` disagreeing, or a value of
-            the wrong type or out of range; the message names ``source`` and the key.
+            the wrong type or out of range (a ``seed`` outside ``[0, MAX_SEED]`` included); the
+            message names ``source`` and the key.
     """
     model_values: dict[str, Any] = {}
     train_values: dict[str, Any] = {}
@@ -122,10 +124,12 @@ def split_run_config(
             train_values[key] = value
         else:
             raise UsageError(f"{source}: {_unknown_key(key)}")
-    return (
-        _validate(_MODEL_ADAPTER, model_values, source),
-        _validate(_TRAIN_ADAPTER, train_values, source),
-    )
+    model_cfg = _validate(_MODEL_ADAPTER, model_values, source)
+    train_cfg = _validate(_TRAIN_ADAPTER, train_values, source)
+    # TrainConfig takes any integer; the data split, the folds and the samplers do not.
+    if not 0 <= train_cfg.seed <= MAX_SEED:
+        raise UsageError(f"{source}: seed={train_cfg.seed!r} must lie in [0, {MAX_SEED}]")
+    return model_cfg, train_cfg
 
 
 def _unknown_key(key: object) -> str:

@@ -6,42 +6,80 @@ Wiring, in one place:
   ``cv_accuracy``, minimise ``cv_flops``) over an Optuna study in RDB storage, so the study
   survives the driver and opens in optuna-dashboard;
 * :class:`~pipeline.scheduler.FoldPruningScheduler`, which prunes between folds;
-* :class:`~pipeline.tracking.SearchTracker`, which mirrors everything into MLflow;
+* :class:`~pipeline.tracking.SearchTracker`, which mirrors the study and the trials into MLflow;
 * Ray Tune's ``FailureConfig``, which restarts a trial whose worker died; the trial resumes
   at its first unfinished fold from its checkpoint.
 
-A search lives in ``<run-dir>/<experiment>/`` (Ray Tune's experiment state and the
-checkpoints); by default the Optuna study and the MLflow store are SQLite files in
-``<run-dir>``. ``resume=True`` restores the Ray Tune experiment: finished trials stay
-finished, unfinished ones resume from their last fold checkpoint.
+A search lives in ``<run-dir>/<experiment>/``: ``search.json`` (what the search is and where
+its stores are), Ray Tune's experiment state and the checkpoints; by default the Optuna study
+and the MLflow store are SQLite files in ``<run-dir>``. Store URIs are made absolute against
+the caller's working directory before anything runs, so that they mean what the caller meant
+while ``tuner.fit()`` runs from the search's directory (a Ray job's own working directory may be
+deleted under it); the caller's directory is restored afterwards.
+
+Ending a search:
+
+* it ran its budget: orphaned study trials (drawn by a driver that died before Ray Tune saved
+  them, and never run) are failed in both stores, the parent run is FINISHED, and a search
+  whose every trial failed raises :class:`SearchStopped` (exit 1);
+* SIGINT or SIGTERM: Ray Tune stops and saves its experiment, running and pending trials stay
+  RUNNING in the study (they are resumed, not failed), the parent run is KILLED, and
+  :class:`SearchStopped` carries exit code 128 + the signal number.
+
+``resume=True`` restores the Ray Tune experiment with the stores, space and settings recorded
+in ``search.json``: finished trials stay finished, unfinished ones resume from their last fold
+checkpoint, and a larger ``num_samples`` extends the budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.errors import UsageError
-from pipeline.outcome import DIRECTIONS, OBJECTIVES
+from pipeline.outcome import DIRECTIONS, ERROR, OBJECTIVES
 from pipeline.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
 SEARCH_FILE = "search.json"
+ORPHAN_REASON = "orphaned: a driver that died drew this configuration and no resumed search ran it"
+
+
+class SearchStopped(Exception):
+    """The search ended without running its budget to a usable result.
+
+    Attributes:
+        exit_code: What ``dynalay search`` exits with (128 + signal number when interrupted,
+            1 when every trial failed).
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """Everything ``dynalay search`` takes, after the space's defaults are applied."""
+    """Everything ``dynalay search`` takes, after the space's defaults are applied.
+
+    ``num_samples`` may be None only with ``resume``: the search keeps its recorded budget.
+    """
 
     space: SearchSpace
     experiment: str
     run_dir: Path
-    num_samples: int
+    num_samples: int | None
     folds: int
     max_concurrent: int | None = None
     cpus_per_trial: float = 1.0
@@ -63,16 +101,43 @@ class SearchOptions:
 
     @property
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or default_tracking_uri(self.run_dir)
+        return absolute_uri(self.tracking_uri) if self.tracking_uri else default_tracking_uri(self.run_dir)
 
     @property
     def resolved_storage(self) -> str:
-        return self.storage or f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
+        if self.storage:
+            return absolute_uri(self.storage)
+        return f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
 
 
 def default_tracking_uri(run_dir: Path) -> str:
     """MLflow's store when none is given: SQLite in the run directory."""
     return f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}"
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative local path made absolute against the working directory.
+
+    ``sqlite:///runs.db`` (a relative SQLite file), a plain path (an MLflow file store) and
+    ``file:`` URIs are resolved; anything else (``sqlite:////abs.db``, ``http://``,
+    ``postgresql://``, ...) is returned unchanged.
+    """
+    if uri.startswith("sqlite:///"):
+        path, query = _split_query(uri[len("sqlite:///"):])
+        if path and path != ":memory:" and not Path(path).is_absolute():
+            return f"sqlite:///{Path(path).resolve()}{query}"
+        return uri
+    parts = urlsplit(uri)
+    if parts.scheme == "file" and not parts.netloc:
+        return Path(parts.path).resolve().as_uri()
+    if parts.scheme == "" and uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
+def _split_query(text: str) -> tuple[str, str]:
+    path, mark, query = text.partition("?")
+    return path, mark + query
 
 
 def make_sampler(name: str, seed: int) -> Any:
@@ -88,19 +153,52 @@ def make_sampler(name: str, seed: int) -> Any:
     raise UsageError(f"--sampler: unknown sampler {name!r} (tpe, nsga2, gp)")
 
 
-def run_search(options: SearchOptions) -> None:
-    """Run (or resume) a search to completion."""
-    import ray
+def run_search(options: SearchOptions) -> SearchOptions:
+    """Run (or resume) a search to the end of its budget.
+
+    Returns:
+        The options the search ran with: on resume, the space, settings and stores recorded
+        in ``search.json``.
+
+    Raises:
+        UsageError: bad input found before Ray starts (unopenable store, no such search, a
+            budget below the trials already drawn); nothing is written.
+        SearchStopped: interrupted (state saved, resumable), or every trial failed.
+    """
     from ray import tune
 
-    from pipeline.mlflow_queue import MlflowQueue
-    from pipeline.optuna_bridge import CrossValidatedOptunaSearch
+    from pipeline.optuna_bridge import (
+        CrossValidatedOptunaSearch,
+        StudyBudget,
+        StudyLink,
+    )
     from pipeline.scheduler import FoldPruningScheduler
     from pipeline.tracking import SearchTracker
     from pipeline.trial import TrialSettings, cv_trial
 
     experiment_dir = options.experiment_dir.resolve()
-    state = _search_state(options, experiment_dir)
+    requested_budget = options.num_samples
+    if options.resume:
+        state = _recorded_search(options, experiment_dir)
+        options = _recorded_options(options, state)
+    else:
+        _refuse_existing(options, experiment_dir)
+        if options.num_samples is None:
+            options = dataclasses.replace(options, num_samples=options.space.num_samples)
+        state = _new_search_record(options)
+    # tuner.fit() runs from the search's directory (below), so every path is fixed first.
+    options = dataclasses.replace(
+        options,
+        run_dir=options.run_dir.resolve(),
+        tracking_uri=state["tracking_uri"],
+        storage=state["storage"],
+    )
+    # The default stores live in the run directory.
+    options.run_dir.mkdir(parents=True, exist_ok=True)
+    _check_stores(options)
+    study = StudyLink(options.resolved_storage, options.experiment)
+    if options.resume and requested_budget is not None:
+        _extend_budget(requested_budget, options, study, experiment_dir, state)
     settings = TrialSettings(
         dataset=options.space.dataset,
         model=options.space.model,
@@ -117,8 +215,9 @@ def run_search(options: SearchOptions) -> None:
     _init_ray(options.address)
 
     if options.resume:
+        # Errored trials stay failed: the study was told so, and MLflow mirrors the study.
         tuner = tune.Tuner.restore(
-            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
         )
     else:
         scheduler = FoldPruningScheduler(options.pruner, options.folds)
@@ -131,26 +230,22 @@ def run_search(options: SearchOptions) -> None:
             study_name=options.experiment,
             storage=_optuna_storage(options.resolved_storage),
         )
+        study.set_budget(options.num_samples)
         if options.max_concurrent:
             searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
         tracker = SearchTracker(
-            queue=MlflowQueue(
-                options.resolved_tracking_uri,
-                options.experiment,
-                state["search_id"],
-                experiment_dir,
-                artifact_location=_artifact_location(options),
-            ),
+            queue=_mlflow_queue(options, state["search_id"], experiment_dir),
             settings={**options.space.fixed_settings(), **_search_params(options)},
             folds=options.folds,
             run_dir=experiment_dir,
+            study=study,
             scheduler=scheduler,
             search_name=state["search_id"],
         )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=scheduler, num_samples=options.num_samples
+                search_alg=StudyBudget(searcher), scheduler=scheduler, num_samples=options.num_samples
             ),
             run_config=tune.RunConfig(
                 name=options.experiment,
@@ -161,52 +256,252 @@ def run_search(options: SearchOptions) -> None:
                 verbose=options.verbose,
             ),
         )
-    # Ray Tune resolves paths against the working directory when the search ends; a Ray job's
-    # working directory is a package that the cluster may garbage-collect once the job's
-    # workers on a dead node release it, so the driver works from the search's own directory.
-    os.chdir(experiment_dir)
-    tuner.fit()
-    _fail_orphans(options.resolved_storage, options.experiment)
+        # Only now is there a search to resume; before, a failure leaves the name free.
+        _write_search_record(experiment_dir, state)
+    with _Interruption() as interruption, _working_directory(experiment_dir):
+        try:
+            tuner.fit()
+        except BaseException:
+            if not options.resume and not has_tune_state(experiment_dir):
+                (experiment_dir / SEARCH_FILE).unlink(missing_ok=True)
+            raise
+    _finish(options, state["search_id"], experiment_dir, study, interruption.signal)
+    return options
 
 
-def _fail_orphans(storage: str, study_name: str) -> None:
-    """Mark FAIL the Optuna trials a dead driver had asked for but Ray Tune never ran.
+def _finish(
+    options: SearchOptions, search_id: str, experiment_dir: Path, study: Any, stopped_by: int | None
+) -> None:
+    """Close the search in both stores after ``tuner.fit()`` returned."""
+    from pipeline.tracking import PARENT, record_orphans
 
-    A driver killed between asking Optuna for a configuration and saving Ray Tune's
-    experiment state leaves a RUNNING trial that no restored searcher knows; once the search
-    has ended nothing can finish it.
+    queue = _mlflow_queue(options, search_id, experiment_dir)
+    if stopped_by is not None:
+        queue.put("set_status", PARENT, status="KILLED")
+        queue.flush()
+        name = signal.Signals(stopped_by).name
+        raise SearchStopped(
+            f"search {options.experiment!r} interrupted ({name}); its state is saved: run the same "
+            "command with --resume to continue it",
+            128 + stopped_by,
+        )
+    orphans = record_orphans(queue, study, ORPHAN_REASON)
+    if orphans:
+        logger.warning("%d orphaned trial(s) failed: %s", orphans, ORPHAN_REASON)
+    queue.put("terminate", PARENT, status="FINISHED")
+    if not queue.flush_until(timeout_s=60):
+        logger.warning(
+            "MLflow unreachable (%s): the search's end is kept in %s", queue.last_error, experiment_dir
+        )
+    if queue.refused:
+        logger.warning("%d MLflow write(s) refused; see %s", queue.refused, queue.refused_log)
+    trials = list(study.trials().values())
+    if trials and all(study_trial.state.name == "FAIL" for study_trial in trials):
+        first = min(trials, key=lambda t: t.number).user_attrs.get(ERROR, "see the Ray Tune logs")
+        raise SearchStopped(
+            f"every trial of search {options.experiment!r} failed ({len(trials)}); the first: "
+            f"{' '.join(str(first).split())[:300]}",
+            1,
+        )
+
+
+class _Interruption:
+    """SIGINT and SIGTERM around ``tuner.fit()``, remembered so the driver can report them.
+
+    The first signal asks Ray Tune to stop as its own Ctrl-C handler would (through the SIGUSR1
+    handler Ray Tune installs for that): it saves the experiment and returns. A second signal,
+    or one before Ray Tune's loop runs, raises ``KeyboardInterrupt`` at once.
     """
-    from optuna.trial import TrialState
 
-    rdb = _optuna_storage(storage)
-    study_id = rdb.get_study_id_from_name(study_name)
-    for trial in rdb.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        rdb.set_trial_user_attr(trial._trial_id, "error", "orphaned: the driver died before it ran")
-        rdb.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    _TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __enter__(self) -> _Interruption:
+        self._env = os.environ.get(self._TUNE_SIGINT)
+        # Ray Tune would take SIGINT for itself and not say it had.
+        os.environ[self._TUNE_SIGINT] = "1"
+        self._before_fit = signal.getsignal(signal.SIGUSR1)
+        self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        if self._env is None:
+            os.environ.pop(self._TUNE_SIGINT, None)
+        else:
+            os.environ[self._TUNE_SIGINT] = self._env
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self.signal is not None or not callable(tune_stop) or tune_stop is self._before_fit:
+            raise KeyboardInterrupt
+        self.signal = number
+        logger.warning(
+            "%s: stopping the search and saving its state (again to stop at once)",
+            signal.Signals(number).name,
+        )
+        tune_stop(signal.SIGUSR1, frame)
+        # Ray Tune's handler reinstalls the SIGINT handler it found; keep ours for SIGTERM too.
+        for each in self._SIGNALS:
+            signal.signal(each, self._handle)
 
 
-def _search_state(options: SearchOptions, experiment_dir: Path) -> dict[str, Any]:
-    """Create or check ``search.json``; refuse to overwrite a search without ``--resume``."""
-    path = experiment_dir / SEARCH_FILE
-    if options.resume:
-        if not path.exists():
-            raise UsageError(f"--resume: no search {options.experiment!r} in {options.run_dir}")
-        return json.loads(path.read_text())
-    if path.exists():
+@contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Run the block from ``path``, then return to the caller's directory if it still exists.
+
+    Ray Tune needs a working directory that still exists when the search ends; a Ray job's is
+    its working_dir package, which the cluster may delete once the job's workers on a dead
+    node are gone (seen as FileNotFoundError from os.getcwd() at the end of tuner.fit()).
+    """
+    try:
+        caller = os.getcwd()
+    except FileNotFoundError:
+        caller = None
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        if caller is not None and Path(caller).is_dir():
+            os.chdir(caller)
+
+
+def has_tune_state(experiment_dir: Path) -> bool:
+    """Whether Ray Tune saved an experiment there that ``Tuner.restore`` can resume."""
+    from ray import tune
+
+    # tuner.pkl is written when the Tuner is built, the experiment state once fit() runs.
+    return tune.Tuner.can_restore(str(experiment_dir)) and any(experiment_dir.glob("experiment_state-*.json"))
+
+
+def _refuse_existing(options: SearchOptions, experiment_dir: Path) -> None:
+    if (experiment_dir / SEARCH_FILE).exists():
         raise UsageError(
             f"search {options.experiment!r} already exists in {options.run_dir}: "
             "pass --resume to continue it or --experiment NAME for a new one"
         )
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    state = {
+
+
+def _recorded_search(options: SearchOptions, experiment_dir: Path) -> dict[str, Any]:
+    """``search.json`` of the search to resume, which must have Ray Tune state to resume."""
+    path = experiment_dir / SEARCH_FILE
+    if not path.exists():
+        raise UsageError(f"--resume: no search {options.experiment!r} in {options.run_dir}")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: cannot read {path}: {exc}") from None
+    if not has_tune_state(experiment_dir):
+        raise UsageError(
+            f"--resume: search {options.experiment!r} in {options.run_dir} never started (no Ray Tune "
+            f"state in {experiment_dir}); remove {path} and start it again"
+        )
+    return state
+
+
+def _recorded_options(options: SearchOptions, state: dict[str, Any]) -> SearchOptions:
+    """The options of a resumed search: what defines it comes from ``search.json``.
+
+    Resources, concurrency, the Ray address and a larger budget may change; a store given
+    on the command line must be the recorded one.
+    """
+    for flag, given, recorded in (
+        ("--tracking-uri", options.tracking_uri, state["tracking_uri"]),
+        ("--storage", options.storage, state["storage"]),
+    ):
+        if given is not None and absolute_uri(given) != recorded:
+            raise UsageError(
+                f"{flag} {given}: search {options.experiment!r} records to {recorded} "
+                f"(see {options.experiment_dir / SEARCH_FILE}); omit {flag} to use it"
+            )
+    recorded = state["options"]
+    return dataclasses.replace(
+        options,
+        space=SearchSpace.model_validate(state["space"]),
+        tracking_uri=state["tracking_uri"],
+        storage=state["storage"],
+        folds=recorded["folds"],
+        seed=recorded["seed"],
+        sampler=recorded["sampler"],
+        pruner=recorded["pruner"],
+        data_dir=recorded.get("data_dir", options.data_dir),
+        num_samples=options.num_samples or recorded["num_samples"],
+    )
+
+
+def _extend_budget(
+    budget: int, options: SearchOptions, study: Any, experiment_dir: Path, state: dict[str, Any]
+) -> None:
+    """Record the budget a resume asked for in the study (where Ray Tune's restore reads it)."""
+    drawn = len(study.trials())
+    if budget < drawn:
+        raise UsageError(
+            f"--num-samples {budget}: search {options.experiment!r} has already drawn "
+            f"{drawn} trials; pass at least {drawn}"
+        )
+    study.set_budget(budget)
+    if state["options"]["num_samples"] != budget:
+        state["options"]["num_samples"] = budget
+        _write_search_record(experiment_dir, state)
+
+
+def _new_search_record(options: SearchOptions) -> dict[str, Any]:
+    return {
         "search_id": options.experiment,
         "space": options.space.model_dump(mode="json"),
         "options": _search_params(options),
         "tracking_uri": options.resolved_tracking_uri,
         "storage": options.resolved_storage,
     }
-    path.write_text(json.dumps(state, indent=2))
-    return state
+
+
+def _write_search_record(experiment_dir: Path, state: dict[str, Any]) -> None:
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    path = experiment_dir / SEARCH_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def _check_stores(options: SearchOptions) -> None:
+    """Open both stores before Ray starts, so a bad URI costs one line instead of a search.
+
+    Raises:
+        UsageError: naming the flag and the URI.
+    """
+    from mlflow.tracking import MlflowClient
+
+    import pipeline.mlflow_queue  # noqa: F401 - sets MLflow's fail-fast HTTP settings
+
+    storage = _optuna_storage(options.resolved_storage)
+    if options.resume:
+        try:
+            storage.get_study_id_from_name(options.experiment)
+        except KeyError:
+            raise UsageError(
+                f"--storage: no Optuna study {options.experiment!r} in {options.resolved_storage}"
+            ) from None
+    uri = options.resolved_tracking_uri
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure to open the URI is a usage error
+        raise UsageError(f"--tracking-uri: cannot open {uri}: {_first_line(exc)}") from None
+
+
+def _mlflow_queue(options: SearchOptions, search_id: str, experiment_dir: Path) -> Any:
+    from pipeline.mlflow_queue import MlflowQueue
+
+    return MlflowQueue(
+        options.resolved_tracking_uri,
+        options.experiment,
+        search_id,
+        experiment_dir,
+        artifact_location=_artifact_location(options),
+    )
 
 
 def _shared_run_config(space: SearchSpace) -> dict[str, Any]:
@@ -223,28 +518,30 @@ def _search_params(options: SearchOptions) -> dict[str, Any]:
         "num_samples": options.num_samples,
         "cpus_per_trial": options.cpus_per_trial,
         "gpus_per_trial": options.gpus_per_trial,
+        "data_dir": options.data_dir,
     }
 
 
 def _artifact_location(options: SearchOptions) -> str | None:
-    # A local SQLite store keeps its artifacts beside it instead of in the working directory.
-    if options.tracking_uri is None:
-        return (options.run_dir / "mlartifacts").resolve().as_uri()
+    # A SQLite store keeps its artifacts beside it, not in whatever directory the driver is in.
+    uri = options.resolved_tracking_uri
+    if uri.startswith("sqlite:///"):
+        database = Path(_split_query(uri[len("sqlite:///"):])[0])
+        return (database.parent / "mlartifacts").as_uri()
     return None
 
 
 def _optuna_storage(url: str) -> Any:
-    import optuna
+    from pipeline.optuna_bridge import open_storage
 
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        return open_storage(url)
     except Exception as exc:  # noqa: BLE001 - any failure to open the URL is a usage error
-        raise UsageError(f"--storage: cannot open {url}: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"--storage: cannot open {url}: {_first_line(exc)}") from None
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    # SQLite under several writers (the driver and optuna-dashboard) needs patience, not errors.
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _init_ray(address: str | None) -> None:
@@ -258,6 +555,10 @@ def _init_ray(address: str | None) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     # Inside a Ray job the cluster's address comes in RAY_ADDRESS.
     address = address or os.environ.get("RAY_ADDRESS")
+    # ray.init retries an address nothing answers at forever; refuse it within seconds.
+    from pipeline.preflight import check_ray_address
+
+    check_ray_address(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

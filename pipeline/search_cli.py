@@ -7,15 +7,20 @@ Each handler takes the parsed arguments and returns an exit code; bad input rais
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
+from pipeline.space import MAX_SEED
 
 DEFAULT_RUN_DIR = Path("runs")
 
@@ -32,13 +37,18 @@ def register(subparsers: Any) -> None:
     pick = pareto.add_mutually_exclusive_group()
     pick.add_argument("--select", metavar="EXPR", help="e.g. 'cv_accuracy>=0.97' or 'cv_flops<2e5,cv_accuracy>=0.9'")
     pick.add_argument("--knee", action="store_true", help="pick the knee of the front")
+    pareto.add_argument(
+        "--operating-point", metavar="RULE",
+        help="a point of each chosen trial's operating curve (bias on the agent's plain action): "
+        "knee | max-accuracy | flops<=X | bias=B; the export carries its route_bias",
+    )
     pareto.add_argument("--export", type=Path, metavar="FILE", help="write the chosen configs as YAML for `dynalay train --config`")
     pareto.set_defaults(handler=pareto_command)
 
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the search's tracking store")
     _add_store_arguments(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(handler=ui_command)
 
     submit = subparsers.add_parser("submit", help="submit a search as a Ray job to a cluster")
@@ -71,7 +81,7 @@ def add_search_arguments(parser: argparse.ArgumentParser, with_address: bool = T
         parser.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     parser.add_argument("--data-dir", help="where the real data sets are read from")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted search")
-    parser.add_argument("--seed", type=int, help="sampler and fold seed (default: the space's)")
+    parser.add_argument("--seed", type=seed_value, help="sampler and fold seed (default: the space's)")
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,15 +91,17 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
 # -- handlers -------------------------------------------------------------------------------
 def search_command(args: argparse.Namespace) -> int:
-    from pipeline.search import SearchOptions, run_search
+    from pipeline.preflight import check_search
+    from pipeline.search import SearchOptions, SearchStopped, run_search
     from pipeline.space import load_space
 
     space = load_space(args.space)
     options = SearchOptions(
         space=space,
-        experiment=args.experiment or space.name,
+        experiment=space.name if args.experiment is None else args.experiment,
         run_dir=args.run_dir.resolve(),
-        num_samples=args.num_samples or space.num_samples,
+        # On --resume, no flag keeps the recorded budget; a larger one extends it.
+        num_samples=args.num_samples if args.resume else (args.num_samples or space.num_samples),
         folds=args.folds or space.folds,
         max_concurrent=args.max_concurrent or space.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
@@ -103,8 +115,13 @@ def search_command(args: argparse.Namespace) -> int:
         resume=args.resume,
         seed=space.seed if args.seed is None else args.seed,
     )
-    _check_resources(options)
-    run_search(options)
+    # Everything that can be checked before Ray starts and the stores are written is.
+    check_search(options, _sources(args))
+    try:
+        options = run_search(options)
+    except SearchStopped as stopped:
+        print(f"dynalay: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     print()
     _print_front(options.resolved_tracking_uri, options.experiment)
     print(f"\nBrowse every trial:  dynalay ui --run-dir {args.run_dir}" + (
@@ -117,10 +134,16 @@ def search_command(args: argparse.Namespace) -> int:
 
 def pareto_command(args: argparse.Namespace) -> int:
     from pipeline.pareto import export_configs, knee, pareto_front, select
+    from pipeline.preflight import check_writable_path
     from pipeline.run_config import run_config_keys
-    from pipeline.search_records import load_search
+    from pipeline.search_records import check_readable_store, fail_fast_over_http, load_search
 
+    # Refused before reading, and reading never creates, migrates or waits minutes on a store.
+    if args.export:
+        check_writable_path(args.export, "--export", directory=False)
     tracking_uri = _tracking_uri(args)
+    check_readable_store(tracking_uri, _store_source(args))
+    fail_fast_over_http()
     search = load_search(tracking_uri, args.experiment)
     front = pareto_front(search.trials)
     if not front:
@@ -133,6 +156,8 @@ def pareto_command(args: argparse.Namespace) -> int:
         if not chosen:
             raise UsageError(f"--select: no trial on the front satisfies {args.select!r}")
     print(format_front(front, chosen if chosen is not front else None))
+    if args.operating_point:
+        chosen = [_at_operating_point(tracking_uri, record, args.operating_point) for record in chosen]
     if args.export:
         keys = set(run_config_keys())
         fixed = {k: v for k, v in search.params.items() if k in keys}
@@ -144,24 +169,95 @@ def pareto_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_operating_point(tracking_uri: str, record: Any, rule: str) -> Any:
+    """``record`` with the ``route_bias`` of the point ``rule`` picks on its operating curve."""
+    import dataclasses
+
+    from pipeline.operating_curve import choose_point, load_trial_curve
+
+    if record.run_id is None:
+        raise UsageError(f"--operating-point: trial {record.trial_id} has no MLflow run yet")
+    point = choose_point(load_trial_curve(tracking_uri, record.run_id), rule)
+    print(
+        f"trial {record.trial_id} at {rule}: route_bias {point.bias:g}, accuracy "
+        f"{100 * point.accuracy:.2f} %, {point.flops:.4g} FLOPs/sample, "
+        f"{100 * point.fpi_fraction:.0f} % of samples to FPI"
+    )
+    return dataclasses.replace(record, params={**record.params, "route_bias": point.bias})
+
+
 def ui_command(args: argparse.Namespace) -> int:
+    from pipeline.search_records import check_readable_store
+
+    tracking_uri = _tracking_uri(args)
+    check_readable_store(tracking_uri, _store_source(args))
+    _check_port_free(args.host, args.port)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     command = [
-        mlflow, "ui", "--backend-store-uri", _tracking_uri(args),
+        mlflow, "ui", "--backend-store-uri", tracking_uri,
         "--host", args.host, "--port", str(args.port),
     ]
     if args.tracking_uri is None:
         command += ["--default-artifact-root", (args.run_dir / "mlartifacts").resolve().as_uri()]
     print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    return _run_process_group(command)
+
+
+def _run_process_group(command: list[str], grace_s: float = 10.0) -> int:
+    """Run ``command`` in its own process group until it ends; SIGTERM/SIGINT stop the group.
+
+    The MLflow server runs its workers as child processes that a signal to the server alone
+    would leave behind; the whole group gets SIGTERM, and SIGKILL ``grace_s`` later. A stop
+    asked for by a signal is a normal end: exit code 0.
+    """
+    process = subprocess.Popen(command, start_new_session=True)
+    stop_asked: list[float] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stop_asked.append(time.monotonic())
+        _signal_group(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+        while (code := process.poll()) is None:
+            if stop_asked and time.monotonic() - stop_asked[0] > grace_s:
+                _signal_group(process.pid, signal.SIGKILL)
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # The server's workers may outlive the server itself; none may outlive the command.
+        _signal_group(process.pid, signal.SIGKILL)
+    return 0 if stop_asked else code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group has already ended
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on; MLflow would report it and exit 0."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UsageError(f"--port {port}: already in use on {host}") from None
+            raise UsageError(f"--host {host} --port {port}: cannot listen there ({error.strerror})") from None
 
 
 def submit_command(args: argparse.Namespace) -> int:
     from pipeline.jobs import JobFailedError, submit_search
+    from pipeline.preflight import check_submission
+    from pipeline.space import load_space
 
+    # The job would fail on the cluster after the upload; what can be checked here is.
+    space = load_space(args.space)
+    seed = space.seed if args.seed is None else args.seed
+    check_submission(space, space.name if args.experiment is None else args.experiment, seed, _sources(args))
     try:
         submit_search(
             args.address,
@@ -231,6 +327,19 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or default_tracking_uri(args.run_dir)
 
 
+def _store_source(args: argparse.Namespace) -> str:
+    from pipeline.preflight import store_source
+
+    return store_source("--tracking-uri", args.tracking_uri, args.run_dir)
+
+
+def _sources(args: argparse.Namespace) -> Any:
+    from pipeline.preflight import describe_sources
+    from pipeline.space import space_source
+
+    return describe_sources(space_source(args.space), args.experiment, args.folds)
+
+
 def _store_flags(args: argparse.Namespace) -> str:
     flags = "" if args.run_dir == DEFAULT_RUN_DIR else f" --run-dir {args.run_dir}"
     return flags + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
@@ -247,16 +356,19 @@ def _forwarded_search_args(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _check_resources(options: Any) -> None:
-    if options.address is None and options.gpus_per_trial > 0:
-        import torch
+def seed_value(text: str) -> int:
+    """An argparse type: a seed, an integer in ``[0, MAX_SEED]``."""
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text}")
+    return value
 
-        if not torch.cuda.is_available():
-            raise UsageError("--gpus-per-trial: this machine has no CUDA GPU; use 0 or --address of a GPU cluster")
-    if options.address is None and options.cpus_per_trial > (os.cpu_count() or 1):
-        raise UsageError(
-            f"--cpus-per-trial: {options.cpus_per_trial:g} is more than this machine's {os.cpu_count()} CPUs"
-        )
+
+def _port(text: str) -> int:
+    value = _number(text, int)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

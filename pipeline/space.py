@@ -32,6 +32,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     ValidationError,
     model_validator,
 )
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HYPERPARAMETERS",
+    "MAX_SEED",
     "CategoricalParam",
     "IntParam",
     "LogUniformParam",
@@ -50,6 +52,7 @@ __all__ = [
     "UniformParam",
     "list_spaces",
     "load_space",
+    "space_source",
 ]
 
 #: The hyperparameters a trial understands (ModelConfig / TrainConfig field names).
@@ -68,6 +71,9 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "backward",
     "batch_size",
 )
+
+#: The largest seed: NumPy, scikit-learn and Optuna take seeds in ``[0, 2**32 - 1]``.
+MAX_SEED = 2**32 - 1
 
 # The package holding the shipped spaces; a bare name resolves to <package>/<name>.yaml.
 _PACKAGE = "search_spaces"
@@ -92,8 +98,8 @@ class UniformParam(_Strict):
     """A float drawn uniformly from ``[low, high]``."""
 
     type: Literal["uniform"]
-    low: float
-    high: float
+    low: FiniteFloat
+    high: FiniteFloat
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformParam:
@@ -106,8 +112,8 @@ class LogUniformParam(_Strict):
     """A float drawn log-uniformly from ``[low, high]``, ``low > 0``."""
 
     type: Literal["loguniform"]
-    low: float
-    high: float
+    low: FiniteFloat
+    high: FiniteFloat
 
     @model_validator(mode="after")
     def _positive_and_ordered(self) -> LogUniformParam:
@@ -173,7 +179,10 @@ class SearchSpace(_Strict):
     """A validated search space: the fixed settings of a search and the distributions searched."""
 
     name: str
-    dataset: Literal["digits", "cifar10", "cifar100", "wikitext2", "imdb", "synthetic"]
+    dataset: Literal[
+        "digits", "cifar10", "cifar100", "wikitext2", "imdb", "synthetic", "fashion_mnist", "mnist",
+        "maze",
+    ]
     model: Literal["dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq"] = "dynalay"
     folds: int = Field(default=9, ge=2)
     #: ``None`` leaves the TrainConfig default in place.
@@ -186,7 +195,7 @@ class SearchSpace(_Strict):
     num_samples: int = Field(default=16, ge=1)
     #: ``None`` lets Ray Tune run as many trials at once as the resources allow.
     max_concurrent: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     fixed: dict[HyperparameterName, CategoricalChoice] = Field(default_factory=dict)
     params: dict[HyperparameterName, Distribution] = Field(min_length=1)
 
@@ -249,6 +258,12 @@ class SearchSpace(_Strict):
             else:
                 space[name] = tune.choice(list(dist.choices))
         return space
+
+    def shared_run_config(self) -> dict[str, Any]:
+        """The run-config keys every trial shares: epochs, warmup_epochs and batch_size where
+        the space sets them, then the ``fixed`` hyperparameters (without model and seed)."""
+        shared = {key: getattr(self, key) for key in ("epochs", "warmup_epochs", "batch_size")}
+        return {**{k: v for k, v in shared.items() if v is not None}, **self.fixed}
 
     def fixed_settings(self) -> dict[str, Any]:
         """The settings every trial shares, for logging as MLflow params of the search run.
@@ -331,12 +346,21 @@ def load_space(name_or_path: str) -> SearchSpace:
         raise UsageError(f"{label}: {_describe(error)}") from None
 
 
-def _read(name_or_path: str) -> tuple[str, str]:
-    """The file's text and the label naming it in messages."""
-    is_path = name_or_path.endswith((".yaml", ".yml")) or any(
+def space_source(name_or_path: str) -> str:
+    """How messages name the space ``name_or_path``: the path as given, or
+    ``search_spaces/<name>.yaml`` for a packaged name (as :func:`load_space`'s messages do)."""
+    return name_or_path if _is_path(name_or_path) else f"{_PACKAGE}/{name_or_path}.yaml"
+
+
+def _is_path(name_or_path: str) -> bool:
+    return name_or_path.endswith((".yaml", ".yml")) or any(
         sep in name_or_path for sep in ("/", "\\")
     )
-    if is_path:
+
+
+def _read(name_or_path: str) -> tuple[str, str]:
+    """The file's text and the label naming it in messages."""
+    if _is_path(name_or_path):
         path = Path(name_or_path)
         try:
             return path.read_text(encoding="utf-8"), name_or_path
@@ -350,7 +374,7 @@ def _read(name_or_path: str) -> tuple[str, str]:
             f"unknown search space {name_or_path!r} (packaged: {', '.join(list_spaces())}); "
             "pass a path to a YAML file for your own"
         )
-    return resource.read_text(encoding="utf-8"), f"{_PACKAGE}/{name_or_path}.yaml"
+    return resource.read_text(encoding="utf-8"), space_source(name_or_path)
 
 
 def _yaml_position(error: yaml.YAMLError) -> str:

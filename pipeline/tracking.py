@@ -9,6 +9,14 @@
 
 Only the driver writes, through :class:`pipeline.mlflow_queue.MlflowQueue`: trials never need
 to reach the tracking server, and a server outage delays writes instead of losing them.
+
+MLflow mirrors the Optuna study, which is the record of how each trial ended: a trial's run is
+named by its Optuna trial number (``trial-<n>``, tag ``optuna_trial_number``), its ``state``
+tag and the front are read from the study once the searcher has told it, and each study trial
+carries its run's id (user attribute ``mlflow_run_id``). A driver that died and was resumed
+therefore cannot leave the two stores telling different stories: a restored trial whose end
+the study already holds is recorded with that end, and a configuration drawn just before the
+crash keeps its one run when the resumed search runs it.
 """
 
 from __future__ import annotations
@@ -24,12 +32,16 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from pipeline.mlflow_queue import MlflowQueue
-from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, RESUMED_AT_FOLD, outcome
+from pipeline.optuna_bridge import TRIAL_NUMBER_KEY, StudyLink, study_outcome
+from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, RESUMED_AT_FOLD, Outcome, outcome
 from pipeline.pareto import TrialRecord, hypervolume, pareto_front, plot_pareto
 
 logger = logging.getLogger(__name__)
 
 PARENT = "parent"
+#: The MLflow tag naming a trial run's Optuna trial number.
+TRIAL_NUMBER_TAG = "optuna_trial_number"
+_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 # The trial's own scalars (not Ray Tune's bookkeeping such as pid or time_total_s).
 _METRIC_PREFIXES = (
     "fold_accuracy",
@@ -42,7 +54,7 @@ _METRIC_PREFIXES = (
 
 
 class SearchTracker(Callback):
-    """A Ray Tune callback that mirrors the search into MLflow.
+    """A Ray Tune callback that mirrors the search and its Optuna study into MLflow.
 
     Args:
         queue: The MLflow writer for this search.
@@ -50,7 +62,9 @@ class SearchTracker(Callback):
         folds: Folds per trial.
         run_dir: Where ``pareto.csv``/``pareto.png`` are written before upload, and where the
             hypervolume reference point is kept so that a resumed search uses the same one.
+        study: The search's Optuna study, read for each trial's ending and linked to the runs.
         scheduler: The pruning scheduler, whose decisions explain each pruned trial.
+        search_name: The parent run's name.
     """
 
     def __init__(
@@ -59,6 +73,7 @@ class SearchTracker(Callback):
         settings: dict[str, Any],
         folds: int,
         run_dir: Path,
+        study: StudyLink,
         scheduler: Any = None,
         search_name: str = "search",
     ):
@@ -66,25 +81,38 @@ class SearchTracker(Callback):
         self.settings = settings
         self.folds = folds
         self.run_dir = Path(run_dir)
+        self.study = study
         self.scheduler = scheduler
         self.search_name = search_name
         self._pareto_tags: dict[str, str] = {}
+        # Keys of the runs this driver created or retagged.
+        self._registered: set[str] = set()
+        # Runs whose id could not be written into their study trial yet (MLflow was down).
+        self._unlinked: dict[str, int] = {}
 
     # -- Ray Tune hooks ---------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
         self.queue.put("create_run", PARENT, name=self.search_name, tags={"kind": "search"})
+        # A resumed search reopens a parent that an interruption left KILLED.
+        self.queue.put("set_status", PARENT, status="RUNNING")
         self.queue.put("log_params", PARENT, params=self.settings)
         self._flush()
 
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        # A trial's run exists from the moment Optuna drew it, as its study trial does: an
+        # interrupted search leaves pending trials RUNNING in both stores.
+        fresh = [
+            t
+            for t in trials
+            if t.status in (Trial.PENDING, Trial.RUNNING) and run_key(t) not in self._registered
+        ]
+        for trial in fresh:
+            self._register(trial)
+        if fresh:
+            self._flush()
+
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.queue.put(
-            "create_run",
-            trial.trial_id,
-            name=f"trial-{trial.trial_id}",
-            tags={"trial_id": trial.trial_id, "state": "running"},
-            parent=PARENT,
-        )
-        self.queue.put("log_params", trial.trial_id, params=_hyperparameters(trial.config))
+        self._register(trial)
         self._flush()
 
     def on_trial_result(
@@ -92,13 +120,14 @@ class SearchTracker(Callback):
     ) -> None:
         if ERROR in result or FOLD_ACCURACIES not in result:
             return
+        key = run_key(trial)
         if RESUMED_AT_FOLD in result:
             # A tag, not a fold metric: it must show even when the fold itself is a replay.
-            self.queue.put("set_tags", trial.trial_id, tags={RESUMED_AT_FOLD: str(result[RESUMED_AT_FOLD])})
+            self.queue.put("set_tags", key, tags={RESUMED_AT_FOLD: str(result[RESUMED_AT_FOLD])})
         metrics = {k: v for k, v in result.items() if _is_metric(k, v)}
         self.queue.put(
             "log_metrics",
-            trial.trial_id,
+            key,
             metrics=metrics,
             step=int(result[FOLD]),
             timestamp_ms=_now(),
@@ -113,7 +142,8 @@ class SearchTracker(Callback):
         self._close(trial, trials, errored=True)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        self.queue.put("terminate", PARENT, status="FINISHED")
+        # The parent run's status is the driver's to set: only it knows whether the search
+        # ended or was interrupted (see pipeline.search).
         if not self.queue.flush_until(timeout_s=60):
             logger.warning(
                 "MLflow still unreachable (%s): %d writes kept in %s; `dynalay search --resume` "
@@ -123,9 +153,35 @@ class SearchTracker(Callback):
                 self.run_dir,
             )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its callbacks with the experiment; a restarted driver registers and
+        # links the unfinished trials again (both idempotent).
+        state = self.__dict__.copy()
+        state["_unlinked"] = {}
+        state["_registered"] = set()
+        return state
+
+    def _register(self, trial: Trial) -> None:
+        """Create (or, for a resumed trial, retag) the trial's run and queue its link."""
+        key = run_key(trial)
+        if key in self._registered:
+            return
+        number = int(trial.config[TRIAL_NUMBER_KEY])
+        self.queue.put(
+            "create_run",
+            key,
+            name=f"trial-{trial.trial_id}",
+            tags={"trial_id": trial.trial_id, "state": "running", TRIAL_NUMBER_TAG: str(number)},
+            parent=PARENT,
+        )
+        self.queue.put("log_params", key, params=_hyperparameters(trial.config))
+        self._registered.add(key)
+        self._unlinked[key] = number
+
     # -- internals ----------------------------------------------------------------------------
     def _close(self, trial: Trial, trials: list[Trial], errored: bool) -> None:
-        ending = outcome(trial.last_result, self.folds, errored=errored)
+        key = run_key(trial)
+        ending = self._ending(trial, errored)
         tags = {"state": ending.state}
         if ending.state == "pruned":
             tags["pruned_at_fold"] = str(ending.folds_done)
@@ -134,23 +190,32 @@ class SearchTracker(Callback):
                 tags["pruned_reason"] = decision.reason[:500]
         if ending.state == "failed":
             tags["error"] = (ending.error or _error_text(trial))[:500]
-        self.queue.put("set_tags", trial.trial_id, tags=tags)
-        status = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[ending.state]
-        self.queue.put("terminate", trial.trial_id, status=status)
-        self._update_front(trials, closing=trial)
+        self.queue.put("set_tags", key, tags=tags)
+        self.queue.put("terminate", key, status=_STATUS[ending.state])
+        self._update_front(trials)
         self._flush()
 
-    def _update_front(self, trials: list[Trial], closing: Trial) -> None:
-        records = self.records(trials, closing)
+    def _ending(self, trial: Trial, errored: bool) -> Outcome:
+        """How the study says the trial ended (the searcher told it just before)."""
+        try:
+            ending = study_outcome(self.study.trial(int(trial.config[TRIAL_NUMBER_KEY])))
+        except Exception as exc:  # noqa: BLE001 - an unreachable study must not stop the search
+            logger.warning("Optuna study unreadable (%s); recording trial %s from its result", exc, trial)
+            ending = None
+        return ending or outcome(trial.last_result, self.folds, errored=errored)
+
+    def _update_front(self, trials: list[Trial]) -> None:
+        records = self.records(trials)
         finished = [r for r in records if r.state == "finished"]
         if not finished:
             return
         front = pareto_front(records)
         on_front = {r.trial_id for r in front}
+        keys = {t.trial_id: run_key(t) for t in trials}
         for record in finished:
             flag = "true" if record.trial_id in on_front else "false"
             if self._pareto_tags.get(record.trial_id) != flag:
-                self.queue.put("set_tags", record.trial_id, tags={"pareto": flag})
+                self.queue.put("set_tags", keys[record.trial_id], tags={"pareto": flag})
                 self._pareto_tags[record.trial_id] = flag
         reference = self._reference_flops(finished)
         volume = hypervolume([(r.cv_accuracy, r.cv_flops) for r in front], (0.0, reference))
@@ -164,25 +229,28 @@ class SearchTracker(Callback):
         self.queue.put("log_artifact", PARENT, path=str(csv_path))
         self.queue.put("log_artifact", PARENT, path=str(plot_path))
 
-    def records(self, trials: list[Trial], closing: Trial | None = None) -> list[TrialRecord]:
-        """Every trial that has ended, as a :class:`TrialRecord`.
-
-        ``closing`` is the trial whose end is being handled: Ray Tune calls back before it
-        sets that trial's status.
-        """
+    def records(self, trials: list[Trial]) -> list[TrialRecord]:
+        """Every trial of ``trials`` that the study holds as ended, as a :class:`TrialRecord`
+        whose state and objectives are the study's."""
+        ended = {
+            number: study_trial
+            for number, study_trial in self.study.trials().items()
+            if study_outcome(study_trial) is not None
+        }
         records = []
         for trial in trials:
-            if trial.status not in (Trial.TERMINATED, Trial.ERROR) and trial is not closing:
+            study_trial = ended.get(trial.config.get(TRIAL_NUMBER_KEY))
+            if study_trial is None:
                 continue
-            result = trial.last_result or {}
-            ending = outcome(result, self.folds, errored=trial.status == Trial.ERROR)
+            ending = study_outcome(study_trial)
+            values = study_trial.values or [float("nan"), float("nan")]
             records.append(
                 TrialRecord(
                     trial_id=trial.trial_id,
                     run_id=None,
                     state=ending.state,
-                    cv_accuracy=float(result.get("cv_accuracy", float("nan"))),
-                    cv_flops=float(result.get("cv_flops", float("nan"))),
+                    cv_accuracy=float(values[0]),
+                    cv_flops=float(values[1]),
                     params=_hyperparameters(trial.config),
                 )
             )
@@ -200,8 +268,60 @@ class SearchTracker(Callback):
     def _flush(self) -> None:
         if not self.queue.flush():
             logger.warning(
-                "MLflow unreachable (%s); %d writes queued, retrying", self.queue.last_error, self.queue.pending
+                "MLflow unreachable (%s); %d writes queued, retrying",
+                self.queue.last_error,
+                self.queue.pending,
             )
+            return
+        for key, number in list(self._unlinked.items()):
+            if link_run(self.queue, self.study, key, number):
+                del self._unlinked[key]
+
+
+def run_key(trial: Trial) -> str:
+    """The MLflow queue's key for a trial's run: its Optuna trial number."""
+    return trial_key(int(trial.config[TRIAL_NUMBER_KEY]))
+
+
+def trial_key(number: int) -> str:
+    return f"trial-{number}"
+
+
+def link_run(queue: MlflowQueue, study: StudyLink, key: str, number: int) -> bool:
+    """Write the run's MLflow id into study trial ``number``; False while the run is unknown.
+
+    A trial that already ended keeps what it has: Optuna freezes a finished trial (it was
+    linked when it started, unless MLflow was down for the whole trial).
+    """
+    run_id = queue.run_id(key)
+    if run_id is None:
+        return False
+    study.link(number, run_id)
+    return True
+
+
+def record_orphans(queue: MlflowQueue, study: StudyLink, reason: str) -> int:
+    """Fail the study trials still RUNNING after the search ended, and give each a failed run.
+
+    These are configurations a driver drew and then died before Ray Tune saved them, which no
+    resumed search ran. Returns how many there were.
+    """
+    orphans = study.running()
+    for number, study_trial in orphans.items():
+        key = trial_key(number)
+        queue.put(
+            "create_run",
+            key,
+            name=key,
+            tags={"trial_id": key, "state": "failed", "error": reason, TRIAL_NUMBER_TAG: str(number)},
+            parent=PARENT,
+        )
+        queue.put("log_params", key, params=dict(study_trial.params))
+        queue.put("terminate", key, status="FAILED")
+        if queue.flush():
+            link_run(queue, study, key, number)
+        study.fail(number, reason)
+    return len(orphans)
 
 
 def write_front_csv(front: list[TrialRecord], path: Path) -> None:

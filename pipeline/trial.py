@@ -33,6 +33,7 @@ from pipeline.data import load_dataset, training_augmentation
 from pipeline.data.dataset import Dataset
 from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, FOLD_FLOPS, FOLDS_DONE, RESUMED_AT_FOLD
 from pipeline.run_config import split_run_config
+from pipeline.threads import apply_threads
 
 FOLD_RESULTS_FILE = "folds.json"
 
@@ -40,6 +41,16 @@ FOLD_RESULTS_FILE = "folds.json"
 # directory, the first trial of the search to finish fold 1 claims a marker file there and
 # then diverges (NaN loss); every other trial runs normally.
 INJECT_NAN_ENV = "DYNALAY_INJECT_NAN_DIR"
+# Fault injection for the node-loss test: with this variable set to a directory, the first
+# trial of the search to checkpoint fold PAUSE_AFTER_FOLD claims the marker file "paused"
+# there (it holds the trial's id) and then waits for a file "release" (at most
+# PAUSE_LIMIT_S). Meanwhile the driver holds that checkpoint and the trial has folds to go,
+# so a test can kill the trial's node at a known point. The retry finds the marker claimed.
+PAUSE_AFTER_CHECKPOINT_ENV = "DYNALAY_PAUSE_AFTER_CHECKPOINT_DIR"
+PAUSED_MARKER = "paused"
+RELEASE_MARKER = "release"
+PAUSE_AFTER_FOLD = 1
+PAUSE_LIMIT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -97,11 +108,14 @@ def run_fold(
     x, y = dataset.train.x, dataset.train.y
     train = TensorPair(x[train_index], y[train_index])
     held_out = TensorPair(x[test_index], y[test_index])
+    # A fold's initial weights must not depend on the folds this process ran before it: a
+    # trial resumed from a fold checkpoint replays its next fold in a fresh process.
+    torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, dataset.spec)
     started = time.perf_counter()
     fit(model, train, train_cfg, device, augment=training_augmentation(dataset.name, train_cfg.seed))
     train_seconds = time.perf_counter() - started
-    if fold == 1 and _claim_injected_fault():
+    if fold == 1 and _claim_injected_fault(INJECT_NAN_ENV, "nan-injected"):
         raise DivergenceError(f"loss is nan at fold {fold} (injected by {INJECT_NAN_ENV})")
     result = evaluate(model, held_out, device)
     if not all(math.isfinite(v) for v in (result.accuracy, result.flops_per_sample)):
@@ -154,7 +168,7 @@ def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """The Ray Tune function trainable: run the folds not yet done, reporting after each."""
     from ray import tune
 
-    torch.set_num_threads(max(1, settings.threads))
+    apply_threads(ceiling=max(1, settings.threads))  # cpus_per_trial, less what others use
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = _cached_dataset(settings.dataset, settings.data_dir, settings.seed)
     folds = fold_indices(dataset, settings.folds, settings.seed)
@@ -184,6 +198,9 @@ def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                 checkpoint=tune.Checkpoint.from_directory(checkpoint_dir),
             )
         resumed = {}
+        if fold == PAUSE_AFTER_FOLD:
+            # tune.report returned: the driver has this fold's result and its checkpoint.
+            _pause_if_injected(tune.get_context().get_trial_id())
 
 
 def _restore(checkpoint: Any) -> list[FoldResult]:
@@ -194,12 +211,24 @@ def _restore(checkpoint: Any) -> list[FoldResult]:
         return [FoldResult(**f) for f in json.loads(path.read_text())] if path.exists() else []
 
 
-def _claim_injected_fault() -> bool:
-    directory = os.environ.get(INJECT_NAN_ENV)
+def _claim_injected_fault(env_var: str, marker: str, content: str = "") -> bool:
+    """Whether this trial is the first to create ``marker`` in the directory ``env_var`` names."""
+    directory = os.environ.get(env_var)
     if not directory:
         return False
     try:
-        os.close(os.open(Path(directory, "nan-injected"), os.O_CREAT | os.O_EXCL))
+        claimed = os.open(Path(directory, marker), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
+    with os.fdopen(claimed, "w") as marker_file:
+        marker_file.write(content)
     return True
+
+
+def _pause_if_injected(trial_id: str) -> None:
+    if not _claim_injected_fault(PAUSE_AFTER_CHECKPOINT_ENV, PAUSED_MARKER, trial_id):
+        return
+    release = Path(os.environ[PAUSE_AFTER_CHECKPOINT_ENV], RELEASE_MARKER)
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)

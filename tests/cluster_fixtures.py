@@ -63,6 +63,19 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A 127.0.0.1 port that refuses connections for as long as the context is open.
+
+    The port is bound but never listened on: a connection gets ECONNREFUSED, and no other
+    process (a parallel test's Ray dashboard, say) can take the port meanwhile, which a port
+    that is merely free now cannot promise.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -137,10 +150,12 @@ class LocalCluster:
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds each local.sh command took (the last run of each)."""
 
-    def run(self, *args: str, timeout: float = 240.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``cluster/local.sh ARGS`` against this cluster's state dir."""
+    def run(
+        self, *args: str, timeout: float = 240.0, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``cluster/local.sh ARGS`` against this cluster's state dir (``env`` added to its environment)."""
         started = time.monotonic()
-        result = subprocess.run(["bash", str(LOCAL_SH), *args], env=self.env, text=True,
+        result = subprocess.run(["bash", str(LOCAL_SH), *args], env={**self.env, **(env or {})}, text=True,
                                 capture_output=True, timeout=timeout, cwd=REPO_DIR)
         self.timings[args[0]] = time.monotonic() - started
         if check and result.returncode != 0:
@@ -158,9 +173,24 @@ class LocalCluster:
         """SIGKILL worker node ``index``'s whole process group: the node dies as a crashed host would."""
         self.run("kill-worker", str(index))
 
-    def start_worker(self, index: int = 1) -> None:
-        """Start worker node ``index`` again; returns once the GCS lists it ALIVE."""
-        self.run("start-worker", str(index))
+    def start_worker(self, index: int = 1, env: dict[str, str] | None = None) -> None:
+        """Start worker node ``index`` again; returns once the GCS lists it ALIVE.
+
+        ``env`` adds variables to the node's environment, which its Ray workers (and so the
+        trials it runs) inherit.
+        """
+        self.run("start-worker", str(index), env=env)
+
+    def restart_worker(self, index: int = 1, env: dict[str, str] | None = None) -> None:
+        """(Re)start worker node ``index`` with ``env``: a running one is killed first, and the
+        new one starts only once the GCS has declared the old one dead, so that nothing is
+        scheduled onto a node that is gone."""
+        if (self.state_dir / f"worker-{index}.pid").exists():
+            alive = len(self.alive_nodes())
+            self.kill_worker(index)
+            if len(self.wait_for_alive_nodes(alive - 1)) != alive - 1:
+                raise RuntimeError(f"worker {index} was killed but the GCS still lists it ALIVE")
+        self.start_worker(index, env=env)
 
     def ensure_workers(self, count: int = 1) -> None:
         """Start any of worker nodes 1..``count`` that an earlier test killed and left down."""

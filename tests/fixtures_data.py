@@ -6,6 +6,7 @@ values written rather than against the reader's own arithmetic.
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import tarfile
@@ -164,3 +165,65 @@ def write_imdb(root: Path) -> Path:
     (folder / "imdb.vocab").write_text("the\na\n", encoding="utf-8")
     (folder / "train" / "unsup").mkdir()
     return folder
+
+
+IDX_TYPE_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(">i2"): 0x0B,
+    np.dtype(">i4"): 0x0C,
+    np.dtype(">f4"): 0x0D,
+    np.dtype(">f8"): 0x0E,
+}
+
+
+def idx_bytes(values: np.ndarray) -> bytes:
+    """``values`` in the IDX format: zero bytes, type code, rank, big-endian sizes, data."""
+    big_endian = values.astype(values.dtype.newbyteorder(">"), copy=False)
+    header = bytes([0, 0, IDX_TYPE_CODES[big_endian.dtype], values.ndim])
+    sizes = np.asarray(values.shape, dtype=">u4").tobytes()
+    return header + sizes + big_endian.tobytes()
+
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class IdxFixture:
+    """Where a fixture MNIST-format release was written and the uint8 arrays it holds."""
+
+    folder: Path
+    train_images: np.ndarray  # N×28×28 uint8
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    def file(self, stem: str) -> Path:
+        """The written file of ``stem`` (gzipped or not)."""
+        return next(self.folder.glob(f"{stem}*"))
+
+
+def write_idx_release(
+    folder: Path, gzipped: bool = True, n_train: int = 12, n_test: int = 5, seed: int = 0
+) -> IdxFixture:
+    """Write the four files of a small MNIST/Fashion-MNIST release into ``folder``."""
+    rng = np.random.default_rng(seed)
+    arrays = (
+        rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, size=n_train, dtype=np.uint8),
+        rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, size=n_test, dtype=np.uint8),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, values in zip(IDX_FILES, arrays):
+        payload = idx_bytes(values)
+        if gzipped:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(payload))
+        else:
+            (folder / stem).write_bytes(payload)
+    return IdxFixture(folder, *arrays)

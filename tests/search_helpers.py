@@ -76,3 +76,33 @@ def fold_steps(run_dir: Path, run_id: str, metric: str = "fold_accuracy") -> lis
 
 def study_of(run_dir: Path, experiment: str) -> optuna.Study:
     return optuna.load_study(study_name=experiment, storage=storage_url(run_dir))
+
+
+OPTUNA_STATES = {"finished": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running": "RUNNING"}
+
+
+def assert_stores_agree(
+    run_dir: Path, experiment: str, *, storage: str | None = None, uri: str | None = None
+) -> None:
+    """The Optuna study and the MLflow search tell one story, trial by trial: the same trials,
+    states and objective values, the same front, and each names the other's record."""
+    uri = uri or tracking_uri(run_dir)
+    study = optuna.load_study(study_name=experiment, storage=storage or storage_url(run_dir))
+    search = load_search(uri, experiment)
+    client = MlflowClient(uri)
+    runs = {r.run_id: client.get_run(r.run_id) for r in search.trials}
+    by_number = {int(run.data.tags["optuna_trial_number"]): run for run in runs.values()}
+    assert len(by_number) == len(runs), "two MLflow runs name the same Optuna trial"
+    assert sorted(by_number) == sorted(t.number for t in study.trials), (sorted(by_number), len(study.trials))
+    for trial in study.trials:
+        run = by_number[trial.number]
+        state = run.data.tags.get("state", "running")
+        assert OPTUNA_STATES[state] == trial.state.name, f"trial {trial.number}: {state}, {trial.state.name}"
+        assert trial.user_attrs.get("mlflow_run_id") == run.info.run_id, f"trial {trial.number} unlinked"
+        if trial.state.name == "COMPLETE":
+            mlflow_values = [run.data.metrics.get("cv_accuracy"), run.data.metrics.get("cv_flops")]
+            assert trial.values == mlflow_values, f"trial {trial.number}: {trial.values} vs {mlflow_values}"
+        else:
+            assert trial.values is None
+    on_front = {n for n, run in by_number.items() if run.data.tags.get("pareto") == "true"}
+    assert on_front == {t.number for t in study.best_trials}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models import ModelConfig, TrainConfig, build_model, evaluate, fit
@@ -58,3 +59,60 @@ def test_trained_agent_spends_more_compute_on_hard_samples() -> None:
     quartile = torch.bucketize(difficulty, torch.quantile(difficulty, torch.tensor([0.25, 0.5, 0.75])))
     easiest, hardest = float(depth[quartile == 0].mean()), float(depth[quartile == 3].mean())
     assert hardest > easiest + 0.1
+
+
+def small_dynalay_with_a_mixed_policy(seed: int = 0):
+    """A 1×8×8 DynaLay whose untrained agent has random, decisive logits (mixed actions), and a
+    split to score it on."""
+    from models import ModelSpec, TensorPair
+
+    spec = ModelSpec("image", (1, 8, 8), 10)
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(width=4, agent_hidden=8, max_iter=20, fwd_tol=1e-4), spec).eval()
+    torch.nn.init.normal_(model.agent.net[-1].weight, std=3.0)
+    g = torch.Generator().manual_seed(seed)
+    data = TensorPair(torch.randn(90, 1, 8, 8, generator=g), torch.randint(0, 10, (90,), generator=g))
+    return model, data
+
+
+def test_operating_curve_equals_evaluating_with_each_route_bias() -> None:
+    import dataclasses
+
+    from models.routing import operating_curve
+
+    model, data = small_dynalay_with_a_mixed_policy()
+    curve = operating_curve(model, data, "cpu", batch_size=32)
+    fractions = [p.fpi_fraction for p in curve]
+    assert fractions[0] == 1.0 and fractions[-1] == 0.0  # from every sample on FPI to none
+    assert fractions == sorted(fractions, reverse=True)
+    assert 0.0 in [p.bias for p in curve]
+    mixed = [p for p in curve if 0.2 < p.fpi_fraction < 0.8]
+    assert mixed
+    for point in [curve[0], mixed[len(mixed) // 2], curve[-1]]:
+        model.route_bias = point.bias
+        result = evaluate(model, data, "cpu", batch_size=40)
+        assert result.accuracy == point.accuracy
+        assert result.flops_per_sample == pytest.approx(point.flops_per_sample, rel=1e-12)
+        assert result.action_freq == point.action_freq
+        assert dataclasses.asdict(point) == point.to_dict()
+
+
+def test_confidence_router_sends_the_least_confident_samples_within_the_budget() -> None:
+    from models.routing import confidence_curve, confidence_routing, forced_points, path_table
+
+    model, data = small_dynalay_with_a_mixed_policy(1)
+    table = path_table(model, data, "cpu")
+    plain, fpi3 = forced_points(table)[0], forced_points(table)[3]
+    assert confidence_routing(table, plain.flops_per_sample).fpi_fraction == 0.0
+    assert confidence_routing(table, fpi3.flops_per_sample * 1.01).fpi_fraction == 1.0
+    budget = 0.5 * (plain.flops_per_sample + fpi3.flops_per_sample)
+    point = confidence_routing(table, budget, action=3)
+    assert point.flops_per_sample <= budget and 0.3 < point.fpi_fraction < 0.7
+    routed = round(point.fpi_fraction * len(table))
+    order = table.confidence.argsort()
+    # exactly the least-confident `routed` samples are on action 3
+    actions = torch.zeros(len(table), dtype=torch.int64)
+    actions[order[:routed]] = 3
+    assert table.score(actions) == (point.accuracy, point.flops_per_sample, point.fpi_fraction)
+    curve = confidence_curve(table, action=1, points=5)
+    assert [p.fpi_fraction for p in curve] == pytest.approx([0.0, 0.244, 0.5, 0.756, 1.0], abs=0.01)

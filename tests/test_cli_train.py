@@ -33,7 +33,7 @@ _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def _dynalay(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_dynalay(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*_DYNALAY, *args], capture_output=True, text=True, timeout=timeout, env=_ENV, cwd=_ROOT
     )
@@ -55,9 +55,10 @@ _CONSOLE_CASES: dict[str, tuple[list[str], str]] = {
         r"command line: unknown model 'resnet' \(known: dynalay, plain, fpi1, fpi2, fpi3, deq\)",
     ),
     "unknown data set": (
-        ["train", "--model", "plain", "--dataset", "mnist"],
-        r"unknown data set 'mnist' "
-        r"\(known: digits, cifar10, cifar100, wikitext2, imdb, synthetic\)",
+        ["train", "--model", "plain", "--dataset", "svhn"],
+        r"unknown data set 'svhn' "
+        r"\(known: digits, cifar10, cifar100, wikitext2, imdb, synthetic, fashion_mnist, mnist, "
+        r"maze\)",
     ),
     "missing data dir": (
         ["train", "--model", "plain", "--dataset", "cifar10", "--data-dir", "{tmp}/absent"],
@@ -122,7 +123,7 @@ _IN_PROCESS_CASES: dict[str, tuple[list[str], str]] = {
     ),
     "unknown data set in config": (
         ["train", "--config", "{tmp}/unknown_dataset.yaml"],
-        r"unknown data set 'mnist'",
+        r"unknown data set 'svhn'",
     ),
     "json into a missing folder": (
         ["train", "--model", "plain", "--dataset", "digits", "--json", "{tmp}/absent/out.json"],
@@ -170,7 +171,7 @@ def _prepare_bad_inputs(tmp: Path) -> None:
     (tmp / "list.yaml").write_text("- model\n- plain\n")
     (tmp / "wrong_type.yaml").write_text("model: plain\ndataset: digits\nlr: fast\n")
     (tmp / "unknown_model.yaml").write_text("model: resnet\ndataset: digits\n")
-    (tmp / "unknown_dataset.yaml").write_text("model: plain\ndataset: mnist\n")
+    (tmp / "unknown_dataset.yaml").write_text("model: plain\ndataset: svhn\n")
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +186,13 @@ def console_runs(bad_inputs: Path) -> dict[str, subprocess.CompletedProcess[str]
     """Every console case run once, two at a time (the machine has two cores)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
-            case: pool.submit(_dynalay, *[arg.format(tmp=bad_inputs) for arg in args])
+            case: pool.submit(run_dynalay, *[arg.format(tmp=bad_inputs) for arg in args])
             for case, (args, _) in _CONSOLE_CASES.items()
         }
         return {case: future.result() for case, future in futures.items()}
 
 
-def _assert_one_line_error(code: int, stdout: str, stderr: str, pattern: str) -> None:
+def assert_one_line_error(code: int, stdout: str, stderr: str, pattern: str) -> None:
     assert "Traceback" not in stderr, stderr
     assert code == 2, stderr
     lines = stderr.splitlines()
@@ -206,7 +207,7 @@ def test_bad_input_through_the_console_script_exits_2_with_one_line(
     case: str, console_runs: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
     run = console_runs[case]
-    _assert_one_line_error(run.returncode, run.stdout, run.stderr, _CONSOLE_CASES[case][1])
+    assert_one_line_error(run.returncode, run.stdout, run.stderr, _CONSOLE_CASES[case][1])
 
 
 @pytest.mark.parametrize("case", list(_IN_PROCESS_CASES))
@@ -218,11 +219,11 @@ def test_bad_input_exits_2_with_one_line(
     args, pattern = _IN_PROCESS_CASES[case]
     code = main([arg.format(tmp=bad_inputs) for arg in args])
     captured = capsys.readouterr()
-    _assert_one_line_error(code, captured.out, captured.err, pattern)
+    assert_one_line_error(code, captured.out, captured.err, pattern)
 
 
 def test_help_exits_0() -> None:
-    run = _dynalay("train", "--help")
+    run = run_dynalay("train", "--help")
     assert run.returncode == 0 and "--data-dir" in run.stdout and run.stderr == ""
 
 
@@ -230,7 +231,7 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("model: plain\ndataset: digits\nepochs: 5\nwidth: 8\nseed: 1\nlr: 3e-3\n")
     report_path = tmp_path / "report.json"
-    run = _dynalay("train", "--config", str(config), "--epochs", "1", "--seed", "2",
+    run = run_dynalay("train", "--config", str(config), "--epochs", "1", "--seed", "2",
                    "--device", "cpu", "--no-progress", "--json", str(report_path))
     assert run.returncode == 0, run.stderr
     report = json.loads(report_path.read_text())
@@ -294,7 +295,7 @@ def test_dynalay_reaches_95_percent_on_digits_in_10_epochs(
     """The headline: the full DynaLay model, default settings, seed 0, 10 epochs, 2-core CPU."""
     report_path = tmp_path / "digits.json"
     started = time.perf_counter()
-    run = _dynalay("train", "--model", "dynalay", "--dataset", "digits", "--epochs", "10",
+    run = run_dynalay("train", "--model", "dynalay", "--dataset", "digits", "--epochs", "10",
                    "--seed", "0", "--device", "cpu", "--json", str(report_path), timeout=900)
     wall_seconds = time.perf_counter() - started
     assert run.returncode == 0, run.stderr[-2000:]

@@ -1,6 +1,13 @@
 """A search submitted to a real multi-node Ray cluster (cluster/local.sh: a head, a worker node
 with its own raylet, an MLflow server) survives the death of its worker node; then the MLflow
-UI, in headless Chromium, shows that search."""
+UI, in headless Chromium, shows that search.
+
+The node dies at a known point of a trial: the worker node's trials carry the pause hook of
+:mod:`pipeline.trial`, so the first trial to checkpoint fold ``PAUSE_AFTER_FOLD`` waits there,
+its checkpoint held by the driver and folds still to go, while the test kills its node. (Killing
+when MLflow showed a trial part-way raced the trial: it could finish its last folds before the
+kill landed, and then only a fresh trial, with no checkpoint, died.)
+"""
 
 from __future__ import annotations
 
@@ -14,18 +21,19 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.search_records import load_search
+from pipeline.trial import PAUSE_AFTER_CHECKPOINT_ENV, PAUSE_AFTER_FOLD, PAUSED_MARKER, RELEASE_MARKER
 from tests.cluster_fixtures import LocalCluster, check_mlflow_ui, local_cluster  # noqa: F401
 from tests.search_helpers import ROOT
 
 pytestmark = pytest.mark.cluster
 
-FOLDS = 6
+FOLDS = 4
 
 SPACE = f"""\
 name: faults
 dataset: digits
 folds: {FOLDS}
-epochs: 3
+epochs: 2
 warmup_epochs: 1
 batch_size: 128
 num_samples: 4
@@ -44,20 +52,20 @@ def _fold_steps(client: MlflowClient, run_id: str, metric: str = "fold_accuracy"
     return [m.step for m in client.get_metric_history(run_id, metric)]
 
 
-def _running_mid_search(cluster: LocalCluster, experiment: str) -> int:
-    """Trials still running that have logged at least one fold and have two or more to go."""
-    try:
-        search = load_search(cluster.mlflow_uri, experiment)
-    except Exception:  # noqa: BLE001 - the search run may not exist yet
-        return 0
-    client = MlflowClient(cluster.mlflow_uri)
-    return sum(
-        1 for t in search.trials if t.state == "running" and 1 <= len(_fold_steps(client, t.run_id)) <= FOLDS - 2
-    )
+def _wait_for_file(path: Path, submit: subprocess.Popen, output: list[str], timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert submit.poll() is None, "".join(output)[-3000:]
+        assert time.monotonic() < deadline, f"no trial checkpointed fold {PAUSE_AFTER_FOLD} within {timeout_s:.0f} s"
+        time.sleep(0.2)
 
 
 def test_submitted_search_survives_a_dead_worker_node(local_cluster: LocalCluster, tmp_path: Path) -> None:
     cluster = local_cluster
+    hook = tmp_path / "pause-hook"
+    hook.mkdir()
+    # Only the worker node advertises a (logical) GPU: every trial runs there, with the hook.
+    cluster.restart_worker(1, env={PAUSE_AFTER_CHECKPOINT_ENV: str(hook)})
     space = tmp_path / "faults.yaml"
     space.write_text(SPACE)
     submit = subprocess.Popen(
@@ -65,7 +73,6 @@ def test_submitted_search_survives_a_dead_worker_node(local_cluster: LocalCluste
             sys.executable, "-m", "pipeline.cli", "submit", "--address", cluster.dashboard_address,
             "--space", str(space), "--experiment", "faults", "--run-dir", str(tmp_path / "runs"),
             "--tracking-uri", cluster.mlflow_uri, "--max-concurrent", "2",
-            # Only the worker node advertises a (logical) GPU: every trial runs there.
             "--gpus-per-trial", "0.5",
         ],
         cwd=ROOT, env=cluster.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -74,16 +81,14 @@ def test_submitted_search_survives_a_dead_worker_node(local_cluster: LocalCluste
     reader = threading.Thread(target=lambda: output.extend(submit.stdout), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 300
-        while _running_mid_search(cluster, "faults") < 1:
-            assert submit.poll() is None, "".join(output)[-3000:]
-            assert time.monotonic() < deadline, "no trial got past its first fold"
-            time.sleep(0.5)
-        cluster.kill_worker(1)  # mid-search, with trials on it
+        _wait_for_file(hook / PAUSED_MARKER, submit, output)
+        cluster.kill_worker(1)  # under the paused trial
         assert len(cluster.wait_for_alive_nodes(1)) == 1
-        cluster.start_worker(1)
+        cluster.start_worker(1)  # without the hook
         submit.wait(timeout=900)
     finally:
+        # Frees a trial still paused (the test failed before the kill) and disarms the hook.
+        (hook / RELEASE_MARKER).touch()
         if submit.poll() is None:
             submit.kill()
         reader.join(timeout=10)
@@ -93,22 +98,19 @@ def test_submitted_search_survives_a_dead_worker_node(local_cluster: LocalCluste
     client = MlflowClient(cluster.mlflow_uri)
     search = load_search(cluster.mlflow_uri, "faults")
     assert len(search.trials) == 4
-    resumed = []
+    killed = (hook / PAUSED_MARKER).read_text()
+    assert killed in {t.trial_id for t in search.trials}
     for trial in search.trials:
-        assert trial.state in ("finished", "pruned", "failed")
-        if trial.state == "failed":
-            assert client.get_run(trial.run_id).data.tags.get("error")
-            continue
-        steps = _fold_steps(client, trial.run_id)
-        assert steps == list(range(len(steps))), f"{trial.trial_id}: folds logged {steps}"
-        assert "replayed_fold" not in client.get_run(trial.run_id).data.tags, "a fold was trained twice"
-        resumed_at = client.get_run(trial.run_id).data.tags.get("resumed_at_fold")
-        if resumed_at is not None:
-            # The retry started after the folds the dead attempt had finished.
-            assert 0 < int(resumed_at) < FOLDS
-            resumed.append(trial.trial_id)
-    assert resumed, "no trial was retried from a fold checkpoint"
-    assert all(t.state == "finished" for t in search.trials), [t.state for t in search.trials]
+        tags = client.get_run(trial.run_id).data.tags
+        # The trial whose node died is retried, not failed.
+        assert trial.state == "finished", f"{trial.trial_id}: {trial.state} ({tags.get('error')})"
+        assert _fold_steps(client, trial.run_id) == list(range(FOLDS)), trial.trial_id
+        assert "replayed_fold" not in tags, f"{trial.trial_id}: fold {tags.get('replayed_fold')} was trained twice"
+        if trial.trial_id == killed:
+            # Retried from its last fold checkpoint: it resumed right after the fold it held.
+            assert tags.get("resumed_at_fold") == str(PAUSE_AFTER_FOLD + 1), tags
+        elif "resumed_at_fold" in tags:
+            assert 0 < int(tags["resumed_at_fold"]) < FOLDS, tags
 
     ui = check_mlflow_ui(
         cluster.mlflow_uri, "faults", screenshot_paths=[tmp_path / "mlflow_ui.png", ROOT / "benchmarks/results/mlflow_ui.png"]

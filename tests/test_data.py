@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import os
 import pickle
 import re
@@ -13,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from models.contraction import ContractiveConv
+from models.fpi import fixed_point_iteration
 from pipeline.data import (
     BatchAugment,
     Dataset,
@@ -21,6 +25,9 @@ from pipeline.data import (
     training_augmentation,
 )
 from pipeline.data.augment import flip_and_translate
+from pipeline.data.idx import read_idx
+from pipeline.data.maze import CELL_PIXELS, make_maze
+from pipeline.data.mnist import FASHION_MNIST, IDX_FILES, load_idx_release
 from pipeline.data.wikitext import load_wikitext2
 from pipeline.errors import UsageError
 from tests.fixtures_data import (
@@ -29,7 +36,9 @@ from tests.fixtures_data import (
     IMDB_REVIEWS,
     WIKI_TEST,
     WIKI_TRAIN,
+    idx_bytes,
     write_cifar,
+    write_idx_release,
     write_imdb,
     write_wikitext,
 )
@@ -52,18 +61,21 @@ def _standardised(pixels: np.ndarray, train_pixels: np.ndarray) -> np.ndarray:
 
 
 def test_registry_names_every_data_set() -> None:
-    assert dataset_names() == ("digits", "cifar10", "cifar100", "wikitext2", "imdb", "synthetic")
+    assert dataset_names() == (
+        "digits", "cifar10", "cifar100", "wikitext2", "imdb", "synthetic", "fashion_mnist", "mnist",
+        "maze",
+    )
 
 
 def test_unknown_data_set_is_a_usage_error_listing_the_known_ones() -> None:
-    with pytest.raises(UsageError, match=r"unknown data set 'mnist' \(known: digits, cifar10"):
-        load_dataset("mnist")
+    with pytest.raises(UsageError, match=r"unknown data set 'svhn' \(known: digits, cifar10"):
+        load_dataset("svhn")
 
 
 def test_only_cifar_trains_with_augmentation() -> None:
     assert isinstance(training_augmentation("cifar10"), BatchAugment)
     assert isinstance(training_augmentation("cifar100"), BatchAugment)
-    for name in ("digits", "wikitext2", "imdb", "synthetic"):
+    for name in ("digits", "wikitext2", "imdb", "synthetic", "fashion_mnist", "mnist", "maze"):
         assert training_augmentation(name) is None
 
 
@@ -393,6 +405,236 @@ def test_a_malformed_acl_imdb_tree_is_a_usage_error(
 def test_imdb_data_dir_may_be_the_acl_folder_itself(tmp_path: Path) -> None:
     folder = write_imdb(tmp_path)
     assert load_dataset("imdb", folder).train.x.shape == (6, 256)
+
+
+# ------------------------------------------------------------------------ MNIST, Fashion-MNIST
+
+
+def _idx_standardised(images: np.ndarray, train_images: np.ndarray) -> np.ndarray:
+    """What the reader must return: ``[0, 1]`` images standardised by the train statistics."""
+    train = train_images.astype(np.float64) / 255.0
+    return ((images.astype(np.float64) / 255.0 - train.mean()) / train.std(ddof=1))[:, None]
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
+def test_idx_release_reads_the_official_split(tmp_path: Path, name: str, gzipped: bool) -> None:
+    written = write_idx_release(tmp_path, gzipped=gzipped)
+    dataset = load_dataset(name, tmp_path)
+    assert dataset.name == name and dataset.spec.task == "image"
+    assert dataset.spec.input_shape == (1, 28, 28) and dataset.spec.num_classes == 10
+    assert dataset.train.x.shape == (12, 1, 28, 28) and dataset.test.x.shape == (5, 1, 28, 28)
+    assert dataset.train.x.dtype == torch.float32 and dataset.train.y.dtype == torch.int64
+    np.testing.assert_array_equal(dataset.train.y.numpy(), written.train_labels)
+    np.testing.assert_array_equal(dataset.test.y.numpy(), written.test_labels)
+    np.testing.assert_allclose(
+        dataset.test.x.numpy(), _idx_standardised(written.test_images, written.train_images),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(("name", "folder"), [("fashion_mnist", "fashion-mnist"),
+                                              ("mnist", "mnist")])
+def test_idx_release_may_sit_in_its_folder_under_data_dir(
+    tmp_path: Path, name: str, folder: str
+) -> None:
+    written = write_idx_release(tmp_path / folder)
+    np.testing.assert_array_equal(load_dataset(name, tmp_path).train.y.numpy(),
+                                  written.train_labels)
+
+
+def test_read_idx_reads_every_type_and_rank(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for values in (
+        rng.integers(-128, 128, size=(3, 4), dtype=np.int8),
+        rng.integers(-(2**15), 2**15, size=(2, 3, 5), dtype=np.int16),
+        rng.integers(-(2**31), 2**31, size=(7,), dtype=np.int32),
+        rng.standard_normal((2, 2, 2, 2)).astype(np.float32),
+        rng.standard_normal((4, 1)),
+    ):
+        path = tmp_path / "values.idx"
+        path.write_bytes(idx_bytes(values))
+        read = read_idx(path)
+        assert read.shape == values.shape and read.dtype == values.dtype
+        np.testing.assert_array_equal(read, values)
+
+
+def test_fashion_mnist_without_files_names_the_debian_package(tmp_path: Path) -> None:
+    not_installed = dataclasses.replace(FASHION_MNIST, installed_at=tmp_path / "absent")
+    with pytest.raises(UsageError) as caught:
+        load_idx_release(not_installed, None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "no train-images-idx3-ubyte[.gz]" in message
+    assert "dataset-fashion-mnist" in message and "--data-dir" in message
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("no data dir", r"--data-dir .*nowhere: no such directory"),
+        ("no test labels", r"fashion_mnist: no t10k-labels-idx1-ubyte\[\.gz\] in .*; install"),
+        ("truncated gzip", r"train-images-idx3-ubyte.gz: unreadable or truncated"),
+        ("truncated data", r"t10k-images-idx3-ubyte.gz: holds 3000 bytes of data, but its header "
+                           r"announces 5×28×28 uint8 values \(3920 bytes\)"),
+        ("not idx", r"train-labels-idx1-ubyte.gz: not an IDX file \(its header is 89504e47\)"),
+        ("short header", r"t10k-images-idx3-ubyte.gz: truncated IDX header \(8 bytes\)"),
+        ("wrong shape", r"train-images-idx3-ubyte.gz: holds uint8 of shape \(12, 27, 28\)"),
+        ("label count", r"t10k-labels-idx1-ubyte.gz: 4 labels for the 5 images"),
+        ("label range", r"train-labels-idx1-ubyte.gz: has labels outside 0..9"),
+    ],
+)
+def test_a_damaged_idx_release_is_a_one_line_usage_error_naming_the_file(
+    tmp_path: Path, damage: str, expected: str
+) -> None:
+    written = write_idx_release(tmp_path)
+    data_dir = tmp_path
+
+    def rewrite(stem: str, payload: bytes) -> None:
+        written.file(stem).write_bytes(gzip.compress(payload))
+
+    if damage == "no data dir":
+        data_dir = tmp_path / "nowhere"
+    elif damage == "no test labels":
+        written.file("t10k-labels-idx1-ubyte").unlink()
+    elif damage == "truncated gzip":
+        path = written.file("train-images-idx3-ubyte")
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "truncated data":
+        rewrite("t10k-images-idx3-ubyte", idx_bytes(written.test_images)[: 16 + 3000])
+    elif damage == "not idx":
+        rewrite("train-labels-idx1-ubyte", b"\x89PNG\r\n\x1a\n")
+    elif damage == "short header":
+        rewrite("t10k-images-idx3-ubyte", idx_bytes(written.test_images)[:8])
+    elif damage == "wrong shape":
+        rewrite("train-images-idx3-ubyte", idx_bytes(written.train_images[:, 1:]))
+    elif damage == "label count":
+        rewrite("t10k-labels-idx1-ubyte", idx_bytes(written.test_labels[:4]))
+    elif damage == "label range":
+        labels = written.train_labels.copy()
+        labels[3] = 10
+        rewrite("train-labels-idx1-ubyte", idx_bytes(labels))
+    with pytest.raises(UsageError, match=expected) as caught:
+        load_dataset("fashion_mnist", data_dir)
+    assert "\n" not in str(caught.value)
+
+
+def test_mnist_without_data_dir_says_to_pass_one() -> None:
+    with pytest.raises(UsageError, match=r"mnist is read from --data-dir, and none was given"):
+        load_dataset("mnist")
+
+
+@pytest.mark.skipif(
+    not all((FASHION_MNIST.installed_at / f"{stem}.gz").is_file() for stem in IDX_FILES),
+    reason="Debian's dataset-fashion-mnist is not installed (`make data-deps` installs it)",
+)
+def test_fashion_mnist_reads_the_installed_release() -> None:
+    dataset = load_dataset("fashion_mnist")
+    assert dataset.train.x.shape == (60_000, 1, 28, 28)
+    assert dataset.test.x.shape == (10_000, 1, 28, 28)
+    # The official release is balanced: 6,000 train and 1,000 test images per class.
+    assert torch.equal(torch.bincount(dataset.train.y), torch.full((10,), 6_000))
+    assert torch.equal(torch.bincount(dataset.test.y), torch.full((10,), 1_000))
+    assert abs(dataset.train.x.mean().item()) < 1e-4
+    assert abs(dataset.train.x.std().item() - 1.0) < 1e-4
+    # Classes differ in what they draw: a sandal (5) has far less ink than a pullover (2).
+    ink = torch.stack([dataset.test.x[dataset.test.y == c].mean() for c in range(10)])
+    assert ink[5] < ink[2]
+
+
+# ---------------------------------------------------------------------------------------- maze
+
+
+def _flood_steps(
+    open_cells: np.ndarray, start: tuple[int, int], goal: tuple[int, int]
+) -> int | None:
+    """Steps of a 4-neighbour flood from ``start`` until it covers ``goal``; None if it never
+    does. Written independently of the generator (plain dilation, no graph library)."""
+    reached = np.zeros_like(open_cells)
+    reached[start] = True
+    for step in range(open_cells.size):
+        if reached[goal]:
+            return step
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= open_cells
+        if (grown == reached).all():
+            return None
+        reached = grown
+    return None
+
+
+def test_maze_is_generated_from_the_seed() -> None:
+    first, again, other = (make_maze(n_train=30, n_test=30, seed=s) for s in (3, 3, 4))
+    assert first.spec.task == "image" and first.spec.input_shape == (3, 32, 32)
+    assert first.spec.num_classes == 2
+    assert first.train.x.shape == (30, 3, 32, 32) and first.test.x.dtype == torch.float32
+    assert torch.equal(first.train.x, again.train.x) and torch.equal(first.test.y, again.test.y)
+    assert not torch.equal(first.train.x, other.train.x)
+
+
+def test_maze_label_is_connectivity_and_difficulty_the_manhattan_distance() -> None:
+    dataset = make_maze(n_train=10, n_test=80, seed=1)
+    assert dataset.difficulty_test is not None
+    images = dataset.test.x[:, :, ::CELL_PIXELS, ::CELL_PIXELS].numpy()  # one pixel per cell
+    # Every cell is a uniform 2×2 block of {0, 1}.
+    blocks = dataset.test.x.numpy().reshape(80, 3, 16, 2, 16, 2)
+    assert np.isin(blocks, (0.0, 1.0)).all() and (blocks == images[:, :, :, None, :, None]).all()
+    labels = dataset.test.y.numpy()
+    assert 0.3 < labels.mean() < 0.7
+    for image, label, difficulty in zip(images, labels, dataset.difficulty_test.tolist()):
+        walls, start_mark, goal_mark = image > 0.5
+        assert walls[[0, -1]].all() and walls[:, [0, -1]].all()  # a walled border
+        (start,), (goal,) = np.argwhere(start_mark), np.argwhere(goal_mark)
+        assert not walls[tuple(start)] and not walls[tuple(goal)]
+        assert difficulty == np.abs(start - goal).sum()
+        steps = _flood_steps(~walls, tuple(start), tuple(goal))
+        assert label == (steps is not None)
+        # No flood reaches the goal in fewer steps than the difficulty.
+        assert steps is None or steps >= difficulty
+
+
+def test_maze_difficulty_spreads_alike_over_both_labels() -> None:
+    dataset = make_maze(n_train=10, n_test=400, seed=2)
+    assert dataset.difficulty_test is not None
+    difficulty, labels = dataset.difficulty_test.numpy(), dataset.test.y.numpy()
+    assert difficulty.min() >= 2 and difficulty.max() <= 20
+    medians = [np.median(difficulty[labels == label]) for label in (0, 1)]
+    assert abs(medians[0] - medians[1]) <= 2
+
+
+def test_maze_is_solved_by_a_contractive_fixed_point_flood_and_not_in_fewer_steps() -> None:
+    """The FPI layer's own form z ← relu(u + s(z)), with a hand-set positive state path of
+    guaranteed norm 0.99, floods from the start: at its fixed point the goal is positive exactly
+    when connected, and no iterate reaches the goal in fewer steps than the difficulty."""
+    dataset = make_maze(n_train=1, n_test=80, seed=1)
+    assert dataset.difficulty_test is not None
+    cells = dataset.test.x[:, :, ::CELL_PIXELS, ::CELL_PIXELS]
+    walls, start, goal = cells[:, 0:1], cells[:, 1:2], cells[:, 2:3]
+    state = ContractiveConv(1, 3, contraction=0.99)
+    with torch.no_grad():
+        state.weight.copy_(torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+        weight = state.effective_weight((16, 16))
+        u = start - 1e3 * walls
+
+        def flood(z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+            return torch.relu(injection + state.apply_weight(z, weight))
+
+        z = torch.relu(u)
+        for step in range(1, 21):
+            z = flood(z, u)
+            reached = (z * goal).flatten(1).sum(dim=1) > 0
+            assert not (reached & (dataset.difficulty_test > step)).any()
+        fixed = fixed_point_iteration(flood, u, torch.relu(u), tol=1e-6, max_iter=400)
+    assert bool(fixed.converged.all())
+    at_goal = (fixed.z * goal).flatten(1).sum(dim=1)
+    # Far goals get a signal that shrinks geometrically with distance (it may underflow to 0).
+    near = dataset.difficulty_test <= 14
+    assert torch.equal((at_goal[near] > 0).long(), dataset.test.y[near])
+    assert (at_goal[dataset.test.y == 0] == 0).all()
 
 
 # ------------------------------------------------------------------------------- augmentation

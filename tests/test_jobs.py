@@ -18,7 +18,7 @@ import pytest
 
 from pipeline import jobs
 from pipeline.errors import UsageError
-from tests.cluster_fixtures import LocalCluster, free_ports, local_cluster, process_running  # noqa: F401
+from tests.cluster_fixtures import LocalCluster, local_cluster, process_running, refused_port  # noqa: F401
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -156,14 +156,15 @@ def test_missing_or_wrong_token_is_a_one_line_usage_error(
 
 
 def test_unreachable_address_is_a_one_line_usage_error() -> None:
-    address = f"http://127.0.0.1:{free_ports(1)[0]}"
-    started = time.monotonic()
-    with pytest.raises(UsageError) as error:
-        jobs.submit_search(address, ["--space", "digits"], out=io.StringIO())
-    assert str(error.value) == f"--address: cannot reach the Ray dashboard at {address}"
-    assert time.monotonic() - started < 30
-    with pytest.raises(UsageError, match="cannot reach"):
-        jobs.job_status(address.removeprefix("http://"), "raysubmit_any")  # scheme-less address
+    with refused_port() as port:
+        address = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        with pytest.raises(UsageError) as error:
+            jobs.submit_search(address, ["--space", "digits"], out=io.StringIO())
+        assert str(error.value) == f"--address: cannot reach the Ray dashboard at {address}"
+        assert time.monotonic() - started < 30
+        with pytest.raises(UsageError, match="cannot reach"):
+            jobs.job_status(address.removeprefix("http://"), "raysubmit_any")  # scheme-less address
 
 
 def test_search_arguments_are_localized_for_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -162,9 +162,11 @@ def test_dynalay_stats_shapes_and_consistency() -> None:
     assert len(summary["mean_iterations"]) == 3
 
 
-def test_agent_gradient_never_reaches_the_main_model() -> None:
-    spec = SPECS["image1x8x8"]
-    model = make("dynalay", spec).train()
+@pytest.mark.parametrize("spec_name", ["image1x8x8", "language_model"])
+@pytest.mark.parametrize("agent_confidence", [False, True])
+def test_agent_gradient_never_reaches_the_main_model(spec_name: str, agent_confidence: bool) -> None:
+    spec = SPECS[spec_name]
+    model = make("dynalay", spec, agent_confidence=agent_confidence).train()
     x, y = batch_for(spec, 16)
     logits, stats = model(x)
     term, _ = model.reinforce(per_sample_correct(logits, y), stats)
@@ -276,3 +278,120 @@ def test_models_package_imports_no_service_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("spec_name", ["image1x8x8", "sequence", "language_model"])
+def test_every_path_equals_routing_each_sample_to_each_action(spec_name: str) -> None:
+    spec = SPECS[spec_name]
+    model = make("dynalay", spec, fwd_tol=1e-10, max_iter=200).double().eval()
+    x, _ = batch_for(spec, 6)
+    if spec.task == "image":
+        x = x.double()
+    with torch.no_grad():
+        paths = model.paths(x)
+        for action in range(4):
+            model.choose = lambda policy_logits, a=action: torch.full_like(policy_logits[:, 0], a, dtype=torch.int64)  # type: ignore[method-assign]
+            logits, stats = model(x)
+            torch.testing.assert_close(paths.logits[:, action], logits, rtol=1e-9, atol=1e-10)
+            torch.testing.assert_close(paths.flops[:, action], stats.flops)
+    assert torch.equal(paths.iterations > 0, torch.ones_like(paths.iterations, dtype=torch.bool))
+    assert bool((paths.flops[:, 0] < paths.flops[:, 1]).all() and (paths.flops[:, 1] < paths.flops[:, 3]).all())
+
+
+def test_every_path_loss_trains_every_path_whatever_the_agent_routes() -> None:
+    spec = SPECS["image1x8x8"]
+    model = make("dynalay", spec, path_loss="every").train()
+    torch.nn.init.constant_(model.agent.net[-1].bias, 0.0)
+    model.agent.net[-1].bias.data[0] = 50.0  # the agent sends every sample plain
+    x, y = batch_for(spec, 16)
+    logits, stats = model(x)
+    assert bool((stats.actions == 0).all())
+    assert stats.path_logits is not None and stats.path_logits.shape == (16, 4, 10)
+    torch.testing.assert_close(logits, stats.path_logits[:, 0])
+    loss, info = model.loss(logits, stats, y)
+    from models.base import task_cross_entropy
+
+    expected_ce = sum(task_cross_entropy(stats.path_logits[:, a], y) for a in range(4)) / 4
+    assert info["ce"] == pytest.approx(float(expected_ce.detach()), rel=1e-6)
+    loss.backward()
+    for layer in model.backbone.layers:  # every state path learns although no sample took FPI
+        assert layer.state.weight.grad is not None and float(layer.state.weight.grad.abs().sum()) > 0
+
+
+def test_expected_policy_gradient_is_the_exact_gradient_of_the_expected_reward() -> None:
+    from models.agent import Reinforce
+
+    g = torch.Generator().manual_seed(0)
+    correct = torch.randint(0, 2, (5, 4), generator=g).float()
+    cost = 1.0 + torch.rand(5, 4, generator=g, dtype=torch.float64) * torch.arange(4)
+    logits = torch.randn(5, 4, generator=g, requires_grad=True)
+    term, _ = Reinforce(alpha=0.5, beta=0.1, gamma=0.2, entropy=0.0).expected(correct, cost, logits)
+    term.backward()
+    reward = (0.5 * correct.double() - 0.1 * cost * torch.arange(4)).float()
+    pi = logits.detach().softmax(dim=1)
+    # d E_π[R] / d logit_j = π_j (R_j − E_π[R]); the term is −γ/B times E_π[R] summed over samples
+    exact = pi * (reward - (pi * reward).sum(dim=1, keepdim=True))
+    torch.testing.assert_close(logits.grad, -0.2 * exact / 5)
+
+
+def test_reward_prices_depth_or_flops() -> None:
+    from models.agent import Reinforce
+
+    correct = torch.tensor([1.0, 1.0, 0.0])
+    cost = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    actions = torch.tensor([0, 1, 3])
+    depth = Reinforce(alpha=0.5, beta=0.1, gamma=0.2).reward(correct, cost, actions)
+    flops = Reinforce(alpha=0.5, beta=0.1, gamma=0.2, cost="flops").reward(correct, cost, actions)
+    torch.testing.assert_close(depth, torch.tensor([0.5, 0.5 - 0.2, -1.2], dtype=torch.float64))
+    torch.testing.assert_close(flops, torch.tensor([0.5, 0.5 - 0.1, -0.3], dtype=torch.float64))
+    with pytest.raises(ValueError, match="reward_cost"):
+        ModelConfig(reward_cost="time")
+
+
+def test_route_bias_moves_samples_between_plain_and_fpi() -> None:
+    from models.agent import route
+
+    logits = torch.tensor([[0.0, 1.0, 0.0, 0.5], [2.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
+    assert route(logits).tolist() == [1, 0, 3]
+    assert route(logits, 1.5).tolist() == [0, 0, 3]  # 0 + 1.5 beats 1.0; not 3.0
+    assert route(logits, 10.0).tolist() == [0, 0, 0]
+    assert route(logits, -10.0).tolist() == [1, 1, 3]  # the best FPI action, never plain
+    spec = SPECS["image1x8x8"]
+    model = make("dynalay", spec, route_bias=1e6).eval()
+    with torch.no_grad():
+        _, stats = model(batch_for(spec, 8)[0])
+    assert bool((stats.actions == 0).all())
+
+
+def test_new_model_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="policy_gradient"):
+        ModelConfig(policy_gradient="exact")
+    with pytest.raises(ValueError, match="contraction_bound"):
+        ModelConfig(contraction_bound="spectral")
+    with pytest.raises(ValueError, match="route_bias"):
+        ModelConfig(route_bias=float("nan"))
+    cfg = ModelConfig(path_loss="every", policy_gradient="expected", route_bias=-0.5, contraction_bound="taps",
+                      reward_cost="flops", agent_confidence=True)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("spec_name", ["image1x8x8", "language_model"])
+def test_expected_gradient_training_runs_every_path_and_trains_the_agent(spec_name: str) -> None:
+    spec = SPECS[spec_name]
+    x, y = batch_for(spec, 48)
+    model = make("dynalay", spec, policy_gradient="expected", reward_cost="flops",
+                 reward_hit="probability", agent_confidence=True, beta=0.01)
+    before = [p.detach().clone() for p in model.agent.parameters()]
+    history = fit(model, TensorPair(x, y), TrainConfig(epochs=2, warmup_epochs=1, batch_size=16), "cpu")
+    assert "policy" in history[1] and math.isfinite(history[1]["policy"])
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.agent.parameters()))  # the agent learnt
+    model.train()
+    _, stats = model(x[:8])
+    assert stats.path_logits is not None and stats.path_cost is not None
+    assert stats.path_cost.shape == (8, 4) and bool((stats.path_cost[:, 0] < stats.path_cost[:, 3]).all())
+    # the routed CE (path_loss "routed") is on each sample's own action's logits
+    loss, info = model.loss(stats.path_logits[torch.arange(8), stats.actions], stats, y[:8])
+    from models.base import task_cross_entropy
+
+    assert info["ce"] == pytest.approx(float(task_cross_entropy(
+        stats.path_logits[torch.arange(8), stats.actions], y[:8]).detach()), rel=1e-6)

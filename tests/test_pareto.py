@@ -191,6 +191,15 @@ def test_export_several_records_one_file_each(tmp_path: Path) -> None:
         export_configs([], tmp_path / "none.yaml", "digits", "dynalay", {})
 
 
+def test_export_that_cannot_write_is_one_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"--export \S+: is a directory; give a file name$"):
+        export_configs([RECORDS[0]], tmp_path, "digits", "dynalay")
+    # Several records: one file each, and one of those names is taken by a folder.
+    (tmp_path / "front_b.yaml").mkdir()
+    with pytest.raises(UsageError, match=r"--export \S+/front_b.yaml: cannot write \(Is a directory\)$"):
+        export_configs([RECORDS[0], RECORDS[1]], tmp_path / "front.yaml", "digits", "dynalay")
+
+
 def test_plot_pareto_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     path = plot_pareto(RECORDS, tmp_path / "plots" / "pareto.png")

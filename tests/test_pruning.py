@@ -7,11 +7,13 @@ import pytest
 from pipeline.errors import UsageError
 from pipeline.pruning import (
     FoldHistory,
+    PRUNERS,
     NopPruner,
     ParetoMedianPruner,
     ParetoWilcoxonPruner,
     make_pruner,
     min_decidable_folds,
+    record_fold,
 )
 
 # A finished 9-fold trial: accurate, at 1e5 FLOPs per sample. Fold difficulty varies (fold 3
@@ -157,3 +159,44 @@ def test_nop_and_factory() -> None:
     assert isinstance(make_pruner("none"), NopPruner)
     with pytest.raises(UsageError, match="unknown pruner 'hyperband'"):
         make_pruner("hyperband")
+
+
+def test_pruners_are_optuna_pruners_in_a_plain_multi_objective_study(tmp_path) -> None:
+    """Without Ray: an Optuna study (RDB storage) with the Pareto Wilcoxon pruner prunes the
+    trial that loses to an as-cheap finished one and keeps the cheaper, less accurate one."""
+    import optuna
+
+    assert all(issubclass(cls, optuna.pruners.BasePruner) for cls in PRUNERS.values())
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        directions=["maximize", "minimize"],
+        pruner=ParetoWilcoxonPruner(),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    # (points below STRONG on every fold, FLOPs per sample)
+    plan = {"strong": (0.0, 1.0e5), "weak": (0.04, 1.2e5), "cheap": (0.2, 0.5e5)}
+    for name in plan:
+        study.enqueue_trial({"name": name})
+    folds_run: dict[str, int] = {}
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        name = trial.suggest_categorical("name", list(plan))
+        deficit, flops = plan[name]
+        for fold, accuracy in enumerate(STRONG.accuracies):
+            record_fold(trial, accuracy - deficit, flops)
+            folds_run[name] = fold + 1
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            if study.pruner.prune(study, frozen):
+                raise optuna.TrialPruned()
+        return sum(STRONG.accuracies) / len(STRONG.accuracies) - deficit, flops
+
+    study.optimize(objective, n_trials=len(plan))
+    states = {t.params["name"]: t.state for t in study.trials}
+    assert states == {
+        "strong": optuna.trial.TrialState.COMPLETE,
+        "weak": optuna.trial.TrialState.PRUNED,
+        "cheap": optuna.trial.TrialState.COMPLETE,
+    }
+    assert folds_run["weak"] == ParetoWilcoxonPruner().min_folds  # the first decidable fold
+    assert folds_run["cheap"] == len(STRONG.accuracies)
+    assert [t.params["name"] for t in study.best_trials] == ["strong", "cheap"]

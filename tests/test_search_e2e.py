@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from tests.search_helpers import (
     ROOT,
+    assert_stores_agree,
     dynalay,
     fold_steps,
     search_of,
@@ -111,6 +112,7 @@ def test_optuna_study_agrees_with_mlflow(finished_search: tuple[Path, str]) -> N
             assert len(trial.user_attrs["fold_accuracies"]) == 3
         else:
             assert trial.values is None
+    assert_stores_agree(run_dir, "e2e")
 
 
 def test_the_front_is_non_dominated_and_holds_only_finished_trials(
@@ -196,8 +198,8 @@ def test_resume_finishes_without_repeating_finished_trials(tmp_path: Path) -> No
     for trial in after.trials:
         assert fold_steps(run_dir, trial.run_id) == [0, 1, 2]
     study = study_of(run_dir, "resumed")
-    ended = [t for t in study.trials if t.state != TrialState.RUNNING]
-    assert len([t for t in ended if t.state == TrialState.COMPLETE]) == len(after.trials)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    assert_stores_agree(run_dir, "resumed")
 
 
 def _wait_for_finished_trials(

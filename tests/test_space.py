@@ -8,9 +8,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from pipeline.errors import UsageError
-from pipeline.space import SearchSpace, list_spaces, load_space
+from pipeline.preflight import check_space
+from pipeline.space import SearchSpace, list_spaces, load_space, space_source
 
-SHIPPED = ["cifar10", "cifar100", "digits", "imdb", "wikitext2"]
+SHIPPED = ["cifar10", "cifar100", "digits", "fashion_mnist", "imdb", "wikitext2"]
 
 GOOD = """\
 name: tiny
@@ -21,7 +22,7 @@ params:
 """
 
 
-def test_the_five_spaces_are_shipped() -> None:
+def test_the_six_spaces_are_shipped() -> None:
     assert list_spaces() == SHIPPED
 
 
@@ -45,6 +46,13 @@ def test_shipped_space_converts_to_ray_tune() -> None:
     # Integer ranges keep both ends: max_iter is {type: int, low: 10, high: 50, step: 5}.
     drawn = {domains["max_iter"].sample() for _ in range(400)}
     assert drawn == set(range(10, 51, 5))
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_shipped_space_passes_the_checks_before_a_search(name: str) -> None:
+    """No shipped space holds a value that a trial's run config would refuse."""
+    space = load_space(name)
+    check_space(space, space_source(name), space.seed)
 
 
 def test_digits_is_the_quick_demo() -> None:
@@ -131,12 +139,20 @@ BAD = {
         "fixed.alpha: also searched in params.alpha",
     ),
     "unknown_dataset": (
-        GOOD.replace("dataset: digits", "dataset: mnist"),
+        GOOD.replace("dataset: digits", "dataset: svhn"),
         "dataset: Input should be",
     ),
     "too_few_folds": (
         GOOD + "folds: 1\n",
         "folds: Input should be greater than or equal to 2",
+    ),
+    "infinite_high": (
+        GOOD.replace("high: 0.9", "high: .inf"),
+        "params.alpha.high: Input should be a finite number (got inf)",
+    ),
+    "negative_seed": (
+        GOOD + "seed: -1\n",
+        "seed: Input should be greater than or equal to 0",
     ),
     "missing_name": (
         GOOD.replace("name: tiny\n", ""),

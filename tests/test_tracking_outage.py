@@ -3,6 +3,7 @@ folds are in MLflow once the server is back (a real `mlflow server`, stopped and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -109,3 +110,24 @@ def test_search_survives_a_tracking_outage_and_loses_nothing(tmp_path: Path) -> 
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         _stop_server(server)
+
+
+def test_an_unknown_op_kind_is_refused_for_good_and_does_not_block_later_writes(tmp_path: Path) -> None:
+    from pipeline.mlflow_queue import MlflowQueue
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spool = tmp_path / "spool"
+    queue = MlflowQueue(uri, "queue", "search", spool)
+    queue.put("create_run", "parent", name="search", tags={"kind": "search"})
+    queue.put("rename_everything", "parent", to="x")  # a kind no version of the applier has
+    queue.put("set_tags", "parent", tags={"after": "yes"})
+
+    assert queue.flush(), queue.last_error
+    assert queue.pending == 0 and queue.refused == 1
+    refused = [json.loads(line) for line in queue.refused_log.read_text().splitlines()]
+    assert [(r["kind"], r["key"]) for r in refused] == [("rename_everything", "parent")]
+    assert "unknown MLflow op kind" in refused[0]["reason"]
+    run_id = queue.run_id("parent")
+    assert MlflowClient(uri).get_run(run_id).data.tags["after"] == "yes"
+    # The spool's applied count covers the refused op: a resumed driver does not replay it.
+    assert MlflowQueue(uri, "queue", "search", spool).pending == 0

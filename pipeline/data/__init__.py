@@ -4,16 +4,19 @@
 >>> dataset.spec.task, dataset.train.x.shape[1:]
 ('image', torch.Size([1, 8, 8]))
 
-=============  ==============================================================  ===============
-name           read from                                                       task
-=============  ==============================================================  ===============
-``digits``     scikit-learn's bundled 8×8 digits (stratified 80/20 by seed)    ``image``
-``cifar10``    ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``          ``image``
-``cifar100``   ``cifar-100-python.tar.gz`` or ``cifar-100-python/``            ``image``
-``wikitext2``  ``wiki.{train,test}.tokens`` (or under ``wikitext-2/``)         ``language_model``
-``imdb``       ``aclImdb/{train,test}/{pos,neg}/*.txt``                        ``sequence``
-``synthetic``  generated from the seed, per-sample difficulty known            ``sequence``
-=============  ==============================================================  ===============
+=================  =============================================================  ==================
+name               read from                                                      task
+=================  =============================================================  ==================
+``digits``         scikit-learn's bundled 8×8 digits (stratified 80/20 by seed)   ``image``
+``cifar10``        ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``         ``image``
+``cifar100``       ``cifar-100-python.tar.gz`` or ``cifar-100-python/``           ``image``
+``wikitext2``      ``wiki.{train,test}.tokens`` (or under ``wikitext-2/``)        ``language_model``
+``imdb``           ``aclImdb/{train,test}/{pos,neg}/*.txt``                       ``sequence``
+``synthetic``      generated from the seed, per-sample difficulty known           ``sequence``
+``fashion_mnist``  the four IDX ``*-ubyte.gz`` of Debian's dataset-fashion-mnist  ``image``
+``mnist``          the four IDX ``*-ubyte[.gz]`` files in ``data_dir``            ``image``
+``maze``           generated from the seed: are two marked grid cells connected?  ``image``
+=================  =============================================================  ==================
 
 File-based sets are read from ``data_dir``; every problem with the name, the folder or the files
 raises :class:`~pipeline.errors.UsageError`. Tensors come back on the CPU; the training loop
@@ -34,6 +37,8 @@ from pipeline.data.cifar import CIFAR10, CIFAR100, load_cifar
 from pipeline.data.dataset import Dataset
 from pipeline.data.digits import load_digits
 from pipeline.data.imdb import load_imdb
+from pipeline.data.maze import make_maze
+from pipeline.data.mnist import FASHION_MNIST, MNIST, load_idx_release
 from pipeline.data.synthetic import make_synthetic
 from pipeline.data.wikitext import load_wikitext2
 from pipeline.errors import UsageError
@@ -68,6 +73,10 @@ def _read_synthetic(data_dir: Path | None, download: bool, seed: int) -> Dataset
     return make_synthetic(seed=seed)  # generated: no folder, nothing to fetch
 
 
+def _read_maze(data_dir: Path | None, download: bool, seed: int) -> Dataset:
+    return make_maze(seed=seed)  # generated: no folder, nothing to fetch
+
+
 _REGISTRY: dict[str, DatasetEntry] = {
     entry.name: entry
     for entry in (
@@ -78,6 +87,9 @@ _REGISTRY: dict[str, DatasetEntry] = {
         DatasetEntry("wikitext2", load_wikitext2),
         DatasetEntry("imdb", load_imdb),
         DatasetEntry("synthetic", _read_synthetic),
+        DatasetEntry("fashion_mnist", lambda d, dl, s: load_idx_release(FASHION_MNIST, d)),
+        DatasetEntry("mnist", lambda d, dl, s: load_idx_release(MNIST, d)),
+        DatasetEntry("maze", _read_maze),
     )
 }
 
@@ -97,11 +109,12 @@ def load_dataset(
 
     Args:
         name: one of :func:`dataset_names`.
-        data_dir: the folder holding a file-based set's files; unused by ``digits`` and
-            ``synthetic``.
+        data_dir: the folder holding a file-based set's files; unused by ``digits``,
+            ``synthetic`` and ``maze``.
         download: fetch missing CIFAR files through torchvision where it imports.
-        seed: seeds whatever the set draws at random (the digits split, the synthetic samples,
-            the order of IMDB reviews); the canonical CIFAR and WikiText splits ignore it.
+        seed: seeds whatever the set draws at random (the digits split, the synthetic and maze
+            samples, the order of IMDB reviews); the canonical CIFAR, WikiText and (Fashion-)MNIST
+            splits ignore it.
 
     Raises:
         UsageError: an unknown name, or a missing or malformed folder or file.
