@@ -233,7 +233,7 @@ def run_fashion_mnist(sizes: dict[str, Any], device: torch.device, seed: int) ->
     fpi_action = 1 + int(np.argmax(agent.action_freq[1:])) if agent.fpi_fraction > 0 else 3
     confidence = {str(a): routing.confidence_routing(table, agent.flops_per_sample, a).to_dict()
                   for a in sorted({3, fpi_action})}
-    strengths = [float(layer.state.strength()) for layer in model.backbone.layers]
+    strengths = [float(layer.state.strength().detach()) for layer in model.backbone.layers]
     conf_acc = {a: round(c["accuracy"], 4) for a, c in confidence.items()}
     C.note(f"[fashion_mnist] DynaLay: forced {[round(p.accuracy, 4) for p in forced]}, agent "
            f"{agent.accuracy:.4f} at {agent.flops_per_sample:.4g} FLOPs, FPI {agent.fpi_fraction:.3f}; "

@@ -146,11 +146,10 @@ def run_tuner(arm: str, space: Any, run_dir: Path, num_samples: int, seed: int,
     from pipeline.optuna_bridge import CrossValidatedOptunaSearch
     from pipeline.outcome import DIRECTIONS, OBJECTIVES
     from pipeline.scheduler import FoldPruningScheduler
-    from pipeline.search import _shared_run_config
     from pipeline.trial import TrialSettings, cv_trial
 
     settings = TrialSettings(dataset=space.dataset, model=space.model, folds=space.folds, seed=seed,
-                             fixed=_shared_run_config(space), threads=1)
+                             fixed=space.shared_run_config(), threads=1)
     trainable = tune.with_resources(tune.with_parameters(cv_trial, settings=settings), {"cpu": 1})
     if arm == "c":
         searcher: Any = OptunaSearch(

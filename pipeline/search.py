@@ -205,7 +205,7 @@ def run_search(options: SearchOptions) -> SearchOptions:
         folds=options.folds,
         seed=options.seed,
         data_dir=options.data_dir,
-        fixed=_shared_run_config(options.space),
+        fixed=options.space.shared_run_config(),
         threads=max(1, int(options.cpus_per_trial)),
     )
     trainable = tune.with_resources(
@@ -502,11 +502,6 @@ def _mlflow_queue(options: SearchOptions, search_id: str, experiment_dir: Path) 
         experiment_dir,
         artifact_location=_artifact_location(options),
     )
-
-
-def _shared_run_config(space: SearchSpace) -> dict[str, Any]:
-    shared = {k: getattr(space, k) for k in ("epochs", "warmup_epochs", "batch_size")}
-    return {**{k: v for k, v in shared.items() if v is not None}, **space.fixed}
 
 
 def _search_params(options: SearchOptions) -> dict[str, Any]:

@@ -230,35 +230,6 @@ class SearchSpace(_Strict):
                 space[name] = CategoricalDistribution(dist.choices)
         return space
 
-    def to_ray_tune(self) -> dict[str, Any]:
-        """The searched parameters as Ray Tune domains (``param_space`` for a ``Tuner``).
-
-        Integer ranges keep both ends: ``randint``/``lograndint`` exclude their upper bound,
-        so it is passed as ``high + 1``; a stepped range whose ``low`` is not a multiple of
-        ``step`` becomes an explicit ``choice`` because ``qrandint`` rounds to multiples of
-        ``step`` rather than to ``low + k·step``.
-        """
-        from ray import tune  # Ray is heavy to import; only the search needs it.
-
-        space: dict[str, Any] = {}
-        for name, dist in self.params.items():
-            if isinstance(dist, UniformParam):
-                space[name] = tune.uniform(dist.low, dist.high)
-            elif isinstance(dist, LogUniformParam):
-                space[name] = tune.loguniform(dist.low, dist.high)
-            elif isinstance(dist, IntParam):
-                if dist.log:
-                    space[name] = tune.lograndint(dist.low, dist.high + 1)
-                elif dist.step == 1:
-                    space[name] = tune.randint(dist.low, dist.high + 1)
-                elif dist.low % dist.step == 0:
-                    space[name] = tune.qrandint(dist.low, dist.high, q=dist.step)
-                else:
-                    space[name] = tune.choice(list(range(dist.low, dist.high + 1, dist.step)))
-            else:
-                space[name] = tune.choice(list(dist.choices))
-        return space
-
     def shared_run_config(self) -> dict[str, Any]:
         """The run-config keys every trial shares: epochs, warmup_epochs and batch_size where
         the space sets them, then the ``fixed`` hyperparameters (without model and seed)."""

@@ -5,7 +5,8 @@
 * One **nested child run per trial**: its hyperparameters as params; ``fold_accuracy`` and
   ``fold_flops`` with step = fold index; ``cv_*`` means, mean FPI iterations and action
   frequencies; tag ``state`` = finished | pruned | failed (with ``pruned_at_fold`` or
-  ``error``); tag ``pareto`` = true on the front.
+  ``error``); tag ``pareto`` = true on the front; a finished DynaLay trial's operating
+  curve (``pipeline.operating_curve``) as ``operating_curve.csv`` and ``operating_curve.png``.
 
 Only the driver writes, through :class:`pipeline.mlflow_queue.MlflowQueue`: trials never need
 to reach the tracking server, and a server outage delays writes instead of losing them.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from pipeline.mlflow_queue import MlflowQueue
+from pipeline.operating_curve import CURVE_CSV, CURVE_KEY, CURVE_PNG, CurvePoint, plot_curve, write_curve_csv
 from pipeline.optuna_bridge import TRIAL_NUMBER_KEY, StudyLink, study_outcome
 from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, RESUMED_AT_FOLD, Outcome, outcome
 from pipeline.pareto import TrialRecord, hypervolume, pareto_front, plot_pareto
@@ -191,6 +194,8 @@ class SearchTracker(Callback):
         if ending.state == "failed":
             tags["error"] = (ending.error or _error_text(trial))[:500]
         self.queue.put("set_tags", key, tags=tags)
+        if ending.state == "finished":
+            self._log_operating_curve(key, trial.last_result or {})
         self.queue.put("terminate", key, status=_STATUS[ending.state])
         self._update_front(trials)
         self._flush()
@@ -203,6 +208,16 @@ class SearchTracker(Callback):
             logger.warning("Optuna study unreadable (%s); recording trial %s from its result", exc, trial)
             ending = None
         return ending or outcome(trial.last_result, self.folds, errored=errored)
+
+    def _log_operating_curve(self, key: str, result: dict[str, Any]) -> None:
+        """A finished DynaLay trial's operating curve (its folds' mean) as CSV and plot."""
+        if not result.get(CURVE_KEY):
+            return
+        curve = [CurvePoint(**point) for point in result[CURVE_KEY]]
+        folder = self.run_dir / "curves" / re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in (write_curve_csv(curve, folder / CURVE_CSV), plot_curve(curve, folder / CURVE_PNG, key)):
+            self.queue.put("log_artifact", key, path=str(path))
 
     def _update_front(self, trials: list[Trial]) -> None:
         records = self.records(trials)

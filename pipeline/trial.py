@@ -27,10 +27,13 @@ import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from models.config import TensorPair
+from models.dynalay import DynaLay
 from models.factory import build_model
+from models.routing import curve_from_table, path_table
 from models.training import DivergenceError, evaluate, fit
 from pipeline.data import load_dataset, training_augmentation
 from pipeline.data.dataset import Dataset
+from pipeline.operating_curve import BIASES, CURVE_KEY, CurvePoint, mean_curve
 from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, FOLD_FLOPS, FOLDS_DONE, RESUMED_AT_FOLD
 from pipeline.run_config import split_run_config
 from pipeline.threads import apply_threads
@@ -77,6 +80,8 @@ class FoldResult:
     train_seconds: float
     action_freq: list[float]
     mean_iterations: list[float]
+    #: DynaLay only: the held-out operating curve at :data:`pipeline.operating_curve.BIASES`.
+    curve: list[dict[str, float]] | None = None
 
 
 def fold_indices(dataset: Dataset, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -128,7 +133,19 @@ def run_fold(
         train_seconds=train_seconds,
         action_freq=[float(v) for v in result.action_freq],
         mean_iterations=[float(v) for v in result.mean_iterations],
+        curve=fold_curve(model, held_out, device),
     )
+
+
+def fold_curve(model: Any, held_out: TensorPair, device: torch.device) -> list[dict[str, float]] | None:
+    """A trained fold model's operating curve on its held-out part, at the search's fixed
+    biases; None for the baselines, which have no agent to bias."""
+    if not isinstance(model, DynaLay):
+        return None
+    points = curve_from_table(path_table(model, held_out, device), list(BIASES))
+    return [
+        CurvePoint(p.bias, p.accuracy, p.flops_per_sample, p.fpi_fraction).to_dict() for p in points
+    ]
 
 
 def summarize(done: list[FoldResult]) -> dict[str, float]:
@@ -147,6 +164,15 @@ def summarize(done: list[FoldResult]) -> dict[str, float]:
     return metrics
 
 
+def summarize_curve(done: list[FoldResult]) -> dict[str, Any]:
+    """The trial's operating curve so far (mean over its folds), under :data:`CURVE_KEY`;
+    empty for models without one."""
+    if not done or any(f.curve is None for f in done):
+        return {}
+    curves = [[CurvePoint(**point) for point in f.curve] for f in done]  # type: ignore[union-attr]
+    return {CURVE_KEY: [point.to_dict() for point in mean_curve(curves)]}
+
+
 def fold_report(done: list[FoldResult]) -> dict[str, Any]:
     """What the trial reports after its last finished fold."""
     last = done[-1]
@@ -161,6 +187,7 @@ def fold_report(done: list[FoldResult]) -> dict[str, Any]:
         FOLD_ACCURACIES: [f.accuracy for f in done],
         FOLD_FLOPS: [f.flops for f in done],
         **summarize(done),
+        **summarize_curve(done),
     }
 
 

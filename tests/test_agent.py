@@ -42,11 +42,15 @@ def test_synthetic_task_is_seeded_and_labels_the_last_class_token() -> None:
 
 
 def test_trained_agent_spends_more_compute_on_hard_samples() -> None:
-    # Measured with these settings (seeds 0..4): Spearman(difficulty, FLOPs) = 0.34, 0.46,
-    # 0.40, 0.40, 0.50; the hardest quartile always had the highest mean FPI depth.
+    # The agent learns from the exact expected reward with every FLOP priced alike and the
+    # true class' probability as the hit (with the default REINFORCE objective and the tight
+    # state-path bound, the hardest quartile got only 0.05 more depth than the easiest).
+    # Measured with these settings (seeds 0..4): Spearman(difficulty, FLOPs) = 0.33, 0.39, 0.35,
+    # 0.38, 0.32; mean depth hardest − easiest quartile = 0.42, 0.41, 0.35, 0.82, 0.31; accuracy ≥ 0.976.
     data = make_synthetic(n_train=1500, n_test=500, seq_len=32, seed=0)
     torch.manual_seed(0)
-    cfg = ModelConfig(kind="dynalay", hidden=16, embed_dim=16, beta=0.005, fwd_tol=1e-3)
+    cfg = ModelConfig(kind="dynalay", hidden=16, embed_dim=16, beta=0.01, fwd_tol=1e-3,
+                      policy_gradient="expected", reward_cost="flops", reward_hit="probability")
     model = build_model(cfg, data.spec)
     fit(model, data.train, TrainConfig(epochs=16, warmup_epochs=6, lr=3e-3, seed=0), "cpu")
     result = evaluate(model, data.test, "cpu")

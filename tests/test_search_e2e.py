@@ -15,6 +15,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from pipeline.operating_curve import BIASES, load_trial_curve
+
 from tests.search_helpers import (
     ROOT,
     assert_stores_agree,
@@ -159,6 +161,43 @@ def test_the_front_is_non_dominated_and_holds_only_finished_trials(
     trained = dynalay("train", "--config", str(knee), "--epochs", "1", "--no-progress")
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "accuracy" in trained.stdout
+
+
+def test_finished_trials_record_their_operating_curve_and_pareto_exports_a_point(
+    finished_search: tuple[Path, str], tmp_path: Path
+) -> None:
+    run_dir, _ = finished_search
+    client = MlflowClient(tracking_uri(run_dir))
+    finished = [t for t in search_of(run_dir, "e2e").trials if t.state == "finished"]
+    assert finished
+    for trial in finished:
+        assert {"operating_curve.csv", "operating_curve.png"} <= {a.path for a in client.list_artifacts(trial.run_id)}
+        curve = load_trial_curve(tracking_uri(run_dir), trial.run_id)
+        assert [p.bias for p in curve] == list(BIASES)
+        # Bias 0 is the model as trained: its point is the trial's own objective pair.
+        as_trained = next(p for p in curve if p.bias == 0.0)
+        assert as_trained.accuracy == pytest.approx(trial.cv_accuracy, abs=1e-9)
+        assert as_trained.flops == pytest.approx(trial.cv_flops, rel=1e-6)
+        assert curve[0].fpi_fraction == 1.0 and curve[-1].fpi_fraction == 0.0
+
+    export = tmp_path / "point.yaml"
+    picked = dynalay(
+        "pareto", "--experiment", "e2e", "--tracking-uri", tracking_uri(run_dir),
+        "--knee", "--operating-point", "max-accuracy", "--export", str(export),
+    )
+    assert picked.returncode == 0, picked.stderr
+    config = yaml.safe_load(export.read_text())
+    assert f"route_bias {config['route_bias']:g}" in picked.stdout
+    assert config["route_bias"] in BIASES
+    trained = dynalay("train", "--config", str(export), "--epochs", "1", "--no-progress")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+
+    refused = dynalay(
+        "pareto", "--experiment", "e2e", "--tracking-uri", tracking_uri(run_dir),
+        "--knee", "--operating-point", "bias=0.3",
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "biases recorded are" in refused.stderr
 
 
 def test_resume_finishes_without_repeating_finished_trials(tmp_path: Path) -> None:

@@ -39,15 +39,6 @@ def test_shipped_space_loads_and_converts_to_optuna(name: str) -> None:
     assert not set(settings) & set(space.params)
 
 
-def test_shipped_space_converts_to_ray_tune() -> None:
-    pytest.importorskip("ray.tune")
-    domains = load_space("cifar10").to_ray_tune()
-    assert set(domains) == set(load_space("cifar10").params)
-    # Integer ranges keep both ends: max_iter is {type: int, low: 10, high: 50, step: 5}.
-    drawn = {domains["max_iter"].sample() for _ in range(400)}
-    assert drawn == set(range(10, 51, 5))
-
-
 @pytest.mark.parametrize("name", list_spaces())
 def test_shipped_space_passes_the_checks_before_a_search(name: str) -> None:
     """No shipped space holds a value that a trial's run config would refuse."""
