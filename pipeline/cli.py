@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import search_cli
+from pipeline.cli_types import positive_int, seed_value
 from pipeline.errors import UsageError
 
 if TYPE_CHECKING:
@@ -95,14 +96,14 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--epochs", type=int, metavar="N", help="training epochs, warm-up included")
     train.add_argument("--device", metavar="D",
                        help="torch device (default: cuda if available, else cpu)")
-    train.add_argument("--seed", type=search_cli.seed_value, metavar="S",
+    train.add_argument("--seed", type=seed_value, metavar="S",
                        help="seeds the data split, the batch order and the model's randomness")
     train.add_argument("--data-dir", metavar="DIR", help="folder holding the data set's files")
     train.add_argument("--download", action="store_true",
                        help="fetch missing CIFAR files through torchvision where it imports")
     train.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--threads", type=search_cli._positive_int, metavar="N",
+    train.add_argument("--threads", type=positive_int, metavar="N",
                        help="torch CPU threads (default: OMP_NUM_THREADS if set, else the CPUs "
                        "this process may use that others leave free, re-checked every epoch)")
     train.set_defaults(handler=_train)

@@ -140,19 +140,6 @@ def _split_query(text: str) -> tuple[str, str]:
     return path, mark + query
 
 
-def make_sampler(name: str, seed: int) -> Any:
-    """The Optuna sampler for ``tpe`` | ``nsga2`` | ``gp``, seeded."""
-    import optuna
-
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=4)
-    raise UsageError(f"--sampler: unknown sampler {name!r} (tpe, nsga2, gp)")
-
-
 def run_search(options: SearchOptions) -> SearchOptions:
     """Run (or resume) a search to the end of its budget.
 
@@ -172,6 +159,7 @@ def run_search(options: SearchOptions) -> SearchOptions:
         StudyBudget,
         StudyLink,
     )
+    from pipeline.samplers import make_sampler
     from pipeline.scheduler import FoldPruningScheduler
     from pipeline.tracking import SearchTracker
     from pipeline.trial import TrialSettings, cv_trial

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli_types import fold_count, non_negative_float, positive_float, positive_int, seed_value, tcp_port
 from pipeline.errors import UsageError
-from pipeline.space import MAX_SEED
+from pipeline.pruning import PRUNERS
+from pipeline.samplers import SAMPLERS
 
 DEFAULT_RUN_DIR = Path("runs")
 
@@ -48,7 +50,7 @@ def register(subparsers: Any) -> None:
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the search's tracking store")
     _add_store_arguments(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=_port, default=5000)
+    ui.add_argument("--port", type=tcp_port, default=5000)
     ui.set_defaults(handler=ui_command)
 
     submit = subparsers.add_parser("submit", help="submit a search as a Ray job to a cluster")
@@ -67,13 +69,13 @@ def register(subparsers: Any) -> None:
 def add_search_arguments(parser: argparse.ArgumentParser, with_address: bool = True) -> None:
     """The flags of ``dynalay search`` (``dynalay submit`` passes them through)."""
     parser.add_argument("--space", required=True, help="a packaged space (digits, cifar10, ...) or a YAML file")
-    parser.add_argument("--num-samples", type=_positive_int, help="trial budget (default: the space's)")
-    parser.add_argument("--folds", type=_fold_count, help="cross-validation folds (default: the space's)")
-    parser.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: as resources allow)")
-    parser.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
-    parser.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="fractions such as 0.25 share a GPU")
-    parser.add_argument("--pruner", choices=["wilcoxon", "median", "none"], help="default: the space's")
-    parser.add_argument("--sampler", choices=["tpe", "nsga2", "gp"], help="default: the space's")
+    parser.add_argument("--num-samples", type=positive_int, help="trial budget (default: the space's)")
+    parser.add_argument("--folds", type=fold_count, help="cross-validation folds (default: the space's)")
+    parser.add_argument("--max-concurrent", type=positive_int, help="trials at once (default: as resources allow)")
+    parser.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0, help="fractions such as 0.25 share a GPU")
+    parser.add_argument("--pruner", choices=list(PRUNERS), help="default: the space's")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), help="default: the space's")
     parser.add_argument("--experiment", help="MLflow experiment and search name (default: the space's name)")
     _add_store_arguments(parser)
     parser.add_argument("--storage", help="Optuna RDB storage URL (default: SQLite in the run directory)")
@@ -356,54 +358,3 @@ def _forwarded_search_args(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def seed_value(text: str) -> int:
-    """An argparse type: a seed, an integer in ``[0, MAX_SEED]``."""
-    value = _number(text, int)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _number(text, int)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _fold_count(text: str) -> int:
-    value = _number(text, int)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"cross-validation needs >= 2 folds, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _number(text: str, kind: type) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value

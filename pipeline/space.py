@@ -21,9 +21,11 @@ e.g. ``search_spaces/bad.yaml: params.alpha: low (0.9) must be < high (0.1)``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import re
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
@@ -37,7 +39,11 @@ from pydantic import (
     model_validator,
 )
 
+from models.config import MODEL_KINDS, ModelConfig, TrainConfig
+from pipeline.data import dataset_names
 from pipeline.errors import UsageError
+from pipeline.pruning import PRUNERS
+from pipeline.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -56,20 +62,14 @@ __all__ = [
 ]
 
 #: The hyperparameters a trial understands (ModelConfig / TrainConfig field names).
-HYPERPARAMETERS: tuple[str, ...] = (
-    "alpha",
-    "beta",
-    "gamma",
-    "fwd_tol",
-    "bwd_tol",
-    "max_iter",
-    "lr",
-    "width",
-    "contraction",
-    "warmup_epochs",
-    "weight_decay",
-    "backward",
-    "batch_size",
+#: The settings a space may search or fix: every field of the model's and the training's
+#: configs, except what the space sets once for the whole search (the model kind, the seed)
+#: and the device-dependent mixed precision.
+HYPERPARAMETERS: tuple[str, ...] = tuple(
+    f.name
+    for config in (ModelConfig, TrainConfig)
+    for f in dataclasses.fields(config)
+    if f.name not in ("kind", "seed", "amp")
 )
 
 #: The largest seed: NumPy, scikit-learn and Optuna take seeds in ``[0, 2**32 - 1]``.
@@ -88,6 +88,24 @@ def _known_hyperparameter(name: str) -> str:
 
 
 HyperparameterName = Annotated[str, AfterValidator(_known_hyperparameter)]
+
+
+def _one_of(kind: str, names: Callable[[], Iterable[str]]) -> AfterValidator:
+    """A validator accepting the names a registry holds (read when validating, not at import)."""
+
+    def check(value: str) -> str:
+        known = tuple(names())
+        if value not in known:
+            raise ValueError(f"unknown {kind} {value!r} (known: {', '.join(known)})")
+        return value
+
+    return AfterValidator(check)
+
+
+DatasetName = Annotated[str, _one_of("data set", dataset_names)]
+ModelName = Annotated[str, _one_of("model", lambda: MODEL_KINDS)]
+SamplerName = Annotated[str, _one_of("sampler", lambda: SAMPLERS)]
+PrunerName = Annotated[str, _one_of("pruner", lambda: PRUNERS)]
 
 
 class _Strict(BaseModel):
@@ -179,18 +197,15 @@ class SearchSpace(_Strict):
     """A validated search space: the fixed settings of a search and the distributions searched."""
 
     name: str
-    dataset: Literal[
-        "digits", "cifar10", "cifar100", "wikitext2", "imdb", "synthetic", "fashion_mnist", "mnist",
-        "maze",
-    ]
-    model: Literal["dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq"] = "dynalay"
+    dataset: DatasetName
+    model: ModelName = "dynalay"
     folds: int = Field(default=9, ge=2)
     #: ``None`` leaves the TrainConfig default in place.
     epochs: int | None = Field(default=None, ge=1)
     warmup_epochs: int | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
-    sampler: Literal["tpe", "nsga2", "gp"] = "tpe"
-    pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon"
+    sampler: SamplerName = "tpe"
+    pruner: PrunerName = "wilcoxon"
     #: The default trial budget; ``dynalay search --num-samples`` overrides it.
     num_samples: int = Field(default=16, ge=1)
     #: ``None`` lets Ray Tune run as many trials at once as the resources allow.
@@ -204,7 +219,7 @@ class SearchSpace(_Strict):
         both = sorted(set(self.fixed) & set(self.params))
         if both:
             raise ValueError(f"fixed.{both[0]}: also searched in params.{both[0]}; keep one")
-        for key in ("warmup_epochs", "batch_size"):
+        for key in ("epochs", "warmup_epochs", "batch_size"):
             if getattr(self, key) is not None and (key in self.params or key in self.fixed):
                 where = "params" if key in self.params else "fixed"
                 raise ValueError(f"{key}: also set in {where}.{key}; keep one")

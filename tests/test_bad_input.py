@@ -191,7 +191,7 @@ def test_unreadable_data_is_refused_before_ray_starts(
 def test_a_negative_seed_is_refused(command: str, space: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--space", str(space)] if command == "search" else ["--model", "plain", "--dataset", "digits"]
     _refused([command, *args, "--seed", "-1"],
-             rf"{command}: argument --seed: must be an integer in \[0, 4294967295\], got -1", capsys)
+             rf"{command}: argument --seed: must be an integer >= 0 and <= 4294967295, got -1", capsys)
 
 
 def test_a_negative_seed_in_a_run_config_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -348,7 +348,7 @@ def test_pareto_against_a_refused_port_answers_within_seconds() -> None:
 
 
 def test_ui_refuses_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
-    _refused(["ui", "--port", "99999"], r"ui: argument --port: must be a TCP port in 1..65535, got 99999",
+    _refused(["ui", "--port", "99999"], r"ui: argument --port: must be a TCP port >= 1 and <= 65535, got 99999",
              capsys)
 
 

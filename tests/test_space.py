@@ -50,10 +50,10 @@ def test_digits_is_the_quick_demo() -> None:
     space = load_space("digits")
     assert space.num_samples >= 12 and space.folds == 9
     assert space.epochs is not None and space.epochs <= 2
-    assert {"alpha", "beta", "gamma", "fwd_tol", "bwd_tol", "max_iter", "lr"} <= set(space.params)
+    # The front's compute axis: the width, and how much the agent sends to FPI.
+    assert {"width", "alpha", "beta", "gamma", "contraction", "fwd_tol", "max_iter", "lr"} <= set(space.params)
     fwd_tol = space.to_optuna()["fwd_tol"]
     assert isinstance(fwd_tol, FloatDistribution) and fwd_tol.log
-    assert (fwd_tol.low, fwd_tol.high) == (1e-6, 1e-2)
 
 
 def test_distribution_kinds_map_to_optuna(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ BAD = {
     ),
     "unknown_dataset": (
         GOOD.replace("dataset: digits", "dataset: svhn"),
-        "dataset: Input should be",
+        "dataset: unknown data set 'svhn'",
     ),
     "too_few_folds": (
         GOOD + "folds: 1\n",

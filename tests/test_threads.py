@@ -271,4 +271,4 @@ def test_train_threads_flag_must_be_positive(capsys):
     code = main(["train", "--model", "plain", "--dataset", "digits", "--threads", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err == ["dynalay: error: train: argument --threads: must be >= 1, got 0"]
+    assert err == ["dynalay: error: train: argument --threads: must be an integer >= 1, got 0"]
