@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: setup demo test test-fast bench-quick clean browser-deps data-deps
+.PHONY: setup demo test test-fast bench-quick bench-gpu clean browser-deps data-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dynalay search --space digits
 
 test: $(STAMP) browser-deps data-deps
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not cluster and not browser"
@@ -31,6 +31,11 @@ bench-quick: $(STAMP)
 	$(PY) -m benchmarks.agent_tradeoff --quick
 	$(PY) -m benchmarks.search_efficiency --quick
 	$(PY) -m benchmarks.overhead --quick
+
+# CUDA throughput (fp32 and bf16) beside airbench's record, and a search with two trials per GPU;
+# on a host without CUDA it prints one line and exits 0 (benchmarks/gpu.py).
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu --full --out benchmarks/results
 
 # Headless Chromium for the MLflow UI test (Debian's package; Playwright's own browser download
 # cannot reach its host here).

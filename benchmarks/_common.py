@@ -382,6 +382,35 @@ def targets_table(checks: Sequence[dict[str, Any]], digits: int = 3) -> str:
     return markdown_table(("target", "measured", "asked", "verdict"), rows)
 
 
+def start_search_benchmark(args: argparse.Namespace, ray_cpus: int) -> tuple[float, dict[str, Any], float]:
+    """The start of a benchmark whose trials run through Ray Tune on the CPU, one thread each
+    (``cpus_per_trial`` 1): the clock, the environment record and a local Ray instance of
+    ``ray_cpus`` CPUs (:func:`pipeline.search.init_ray`).
+
+    Returns:
+        ``(started, environment, seconds ray.init took)``.
+    """
+    from pipeline.search import init_ray
+
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    env = environment(device, args.mode, args.seed)
+    env["torch_threads"] = 1  # per trial
+    if device.type == "cuda":
+        note("note: trials run on the CPU here (cpus_per_trial=1, no GPUs requested)")
+    before = time.perf_counter()
+    init_ray(num_cpus=ray_cpus)
+    return started, env, time.perf_counter() - before
+
+
+def publish(out: Path, name: str, payload: dict[str, Any], markdown: str) -> None:
+    """Writes the results (:func:`write_results`) and prints the tables and where they went."""
+    json_path, md_path = write_results(out, name, payload, markdown)
+    note(markdown)
+    note(f"wrote {json_path} and {md_path}" + (
+        f" in {payload['environment']['elapsed_s']:.0f} s" if "elapsed_s" in payload.get("environment", {}) else ""))
+
+
 def timed(fn: Callable[[], Any], clock: Clock) -> tuple[float, Any]:
     start = clock.now()
     result = fn()

@@ -1,18 +1,21 @@
-"""Where iteration provably helps: grid connectivity (``maze``) by difficulty third.
+"""Where iteration provably helps: path tracing (``maze``) by difficulty third.
 
-    python -m benchmarks.algorithmic_task --quick       # small sizes, a few minutes on a CPU
+    python -m benchmarks.algorithmic_task --quick       # small sizes, minutes on a CPU
     python -m benchmarks.algorithmic_task --full        # the protocol's sizes (a GPU)
 
-Protocol. ``pipeline.data.maze`` draws, from the seed, 16 × 16-cell grids cut by wandering
-walls, with a start and a goal marked; the label says whether they are connected, the known
-difficulty is their Manhattan distance D (2..20): a flood fill needs at least D iterations, and
-beyond about 12 cells no window of the plain pass sees both marks. Model 0 (``plain``), Model 3
-(``fpi3``) and DynaLay are trained with the same ``TrainConfig`` and the same ``ModelConfig``
-apart from ``kind`` on the ConvBackbone (contraction near 1 and ``max_iter`` above the longest
-distance, so a flood can cross the grid) and scored on the test split with
-``models.training.predict`` (eval mode, the agent's argmax). The test samples are cut into thirds
-by difficulty (at its 1/3 and 2/3 quantiles); the script reports each model's accuracy per
-third and, for DynaLay, the Spearman correlation between a sample's difficulty and its FLOPs.
+Protocol. ``pipeline.data.maze`` draws, from the seed, grids holding two wandering paths one
+cell wide; the start marks an end of one, the goal the far end of the same path (label 1) or an
+end of the other (label 0). The known difficulty is the start path's length L in steps: a flood
+from the start needs exactly L steps to cover it, and a plain pass traces a few cells at most.
+Model 0 (``plain``), Models 1 and 3 (``fpi1``, ``fpi3``) and DynaLay are trained with the same
+``TrainConfig`` and the same ``ModelConfig`` apart from ``kind``, on the ConvBackbone with the
+max-norm state path
+(``state_path: max``, models.contraction.ContractiveMaxSpread: a flood carries c^L, where a 3×3
+L2-contractive conv carries about (c/4)^L), contraction near 1 and ``max_iter`` above the
+longest path, and scored on the test split with ``models.training.predict`` (eval mode, the
+agent's argmax). The test samples are cut into thirds by difficulty (at its 1/3 and 2/3
+quantiles); the script reports each model's accuracy per third, its FLOPs and layer-1 iterations
+per third, and the Spearman correlation between a sample's difficulty and its FLOPs.
 
 Targets (issue 9): on the hardest third DynaLay ≥ Model 0 + 15 points; Spearman(difficulty,
 FLOPs per sample) ≥ 0.5.
@@ -32,20 +35,23 @@ from models.training import predict
 from pipeline.data.maze import make_maze
 
 NAME = "algorithmic_task"
-MODELS = (("plain", "Model 0 (plain)"), ("fpi3", "Model 3 (FPI L1-3)"), ("dynalay", "DynaLay"))
+MODELS = (("plain", "Model 0 (plain)"), ("fpi1", "Model 1 (FPI L1)"), ("fpi3", "Model 3 (FPI L1-3)"),
+          ("dynalay", "DynaLay"))
 THIRDS = ("easiest", "middle", "hardest")
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
-        "data": {"n_train": 2000, "n_test": 600},
-        "model": {"width": 16, "contraction": 0.99, "max_iter": 30, "fwd_tol": 1e-3,
-                  "bwd_tol": 1e-3, "path_loss": "every", "baseline": "plain", "beta": 0.01},
-        "train": {"epochs": 6, "warmup_epochs": 2, "batch_size": 64, "lr": 3e-3},
+        "data": {"n_train": 4000, "n_test": 600, "size": 10, "max_length": 16},
+        "model": {"width": 8, "state_path": "max", "contraction": 0.99, "max_iter": 24,
+                  "fwd_tol": 1e-3, "bwd_tol": 1e-3, "path_loss": "every", "baseline": "plain",
+                  "beta": 0.05, "reward_cost": "flops"},
+        "train": {"epochs": 15, "warmup_epochs": 4, "batch_size": 64, "lr": 3e-3},
     },
     "full": {
-        "data": {"n_train": 20000, "n_test": 3000},
-        "model": {"width": 32, "contraction": 0.99, "max_iter": 40, "fwd_tol": 1e-4,
-                  "bwd_tol": 1e-4, "path_loss": "every", "baseline": "plain", "beta": 0.01},
+        "data": {"n_train": 20000, "n_test": 3000, "size": 16, "max_length": 32},
+        "model": {"width": 32, "state_path": "max", "contraction": 0.99, "max_iter": 40,
+                  "fwd_tol": 1e-4, "bwd_tol": 1e-4, "path_loss": "every", "baseline": "plain",
+                  "beta": 0.01, "reward_cost": "flops"},
         "train": {"epochs": 30, "warmup_epochs": 8, "batch_size": 128, "lr": 2e-3},
     },
 }
@@ -83,6 +89,7 @@ def score(kind: str, data: Any, model_cfg: ModelConfig, train_cfg: TrainConfig,
         "cuts": cuts,
         "flops_per_sample": float(flops.mean()),
         "flops_by_third": [float(flops[m].mean()) for m in masks],
+        "layer1_iterations_by_third": [float(stats.iterations[m, 0].double().mean()) for m in masks],
         "action_freq": stats.action_freq(),
         "mean_iterations": stats.mean_iterations(),
         "spearman_difficulty_flops": float(rho),
@@ -95,20 +102,25 @@ def markdown(payload: dict[str, Any]) -> str:
     results = payload["results"]
     cuts = results[0]["cuts"]
     header = ("model", "all", f"D ≤ {cuts[0]:g}", f"{cuts[0]:g} < D ≤ {cuts[1]:g}",
-              f"D > {cuts[1]:g}", "FLOPs/sample", "actions 0/1/2/3", "Spearman(D, FLOPs)")
+              f"D > {cuts[1]:g}", "FLOPs/sample", "L1 iterations by third", "actions 0/1/2/3",
+              "Spearman(D, FLOPs)")
     label = dict(MODELS)
     rows = [
         (label[r["kind"]], f"{100 * r['accuracy']:.1f} %",
          *(f"{100 * a:.1f} %" for a in r["accuracy_by_third"]),
-         C.fmt(r["flops_per_sample"]), " / ".join(f"{f:.2f}" for f in r["action_freq"]),
+         C.fmt(r["flops_per_sample"]),
+         " / ".join(f"{i:.1f}" for i in r["layer1_iterations_by_third"]),
+         " / ".join(f"{f:.2f}" for f in r["action_freq"]),
          C.fmt(r["spearman_difficulty_flops"]))
         for r in results
     ]
     return "\n\n".join([
-        "# Grid connectivity (`maze`): accuracy by difficulty third",
+        "# Path tracing (`maze`): accuracy by difficulty third (D: the start path's length in steps)",
         C.env_line(payload["environment"]),
         f"Command: `{payload['environment']['command']}`. Sizes: `{payload['sizes']}`.",
         C.markdown_table(header, rows),
+        "Train accuracy at the last epoch: " + ", ".join(
+            f"{label[r['kind']]} {100 * r['final_train_accuracy']:.1f} %" for r in results) + ".",
         "Share of positive labels per third: "
         + ", ".join(f"{t} {100 * s:.0f} %" for t, s in
                     zip(THIRDS, results[0]["label_share_by_third"])) + ".",

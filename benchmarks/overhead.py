@@ -6,16 +6,17 @@
 One fixed trial configuration (DynaLay on digits, k folds) run N times at each level:
 
 1. ``bare``: ``pipeline.trial.run_fold`` for every fold, in this process (data loaded once);
-2. ``tune``: the same trials through a Ray Tune ``Tuner`` (``cv_trial``, one trial at a time,
-   ``reuse_actors`` left at its default False as in ``run_search``), no MLflow;
+2. ``tune``: the same trials through a plain Ray Tune ``Tuner`` around the search's trainable
+   (``pipeline.search.search_trainable``: ``cv_trial``), one trial at a time, ``reuse_actors``
+   left at its default False as in the search; no searcher, scheduler or MLflow;
 3. ``tune+reuse``: as 2 with ``reuse_actors=True`` (diagnostic: the share of 2 that is the
    per-trial worker start-up);
-4. ``tune+mlflow``: as 2 plus the pipeline's ``SearchTracker`` (MLflow via ``MlflowQueue`` to
-   SQLite, Pareto CSV and plot per finished trial) and ``FoldPruningScheduler("none")``;
-5. ``search``: ``pipeline.search.run_search`` itself (Optuna TPE with its RDB study, the
-   scheduler, the tracker) on a space whose only parameter has a single choice, so every trial
-   trains the same configuration.
+4. ``build_tuner``: the search's own Tuner (``pipeline.search.build_tuner``: the Optuna study
+   searcher in its RDB storage, ``FoldPruningScheduler("none")``), no MLflow;
+5. ``search``: ``pipeline.search.run_search`` itself (4 plus the MLflow ``SearchTracker``, the
+   store checks and the search's end).
 
+Every level trains the same configuration: the space's only parameter has a single choice.
 Per-trial overhead of a level = (its wall time − bare's) / N. Levels are interleaved across
 repetitions (order rotated) and ``ray.init`` is done once beforehand (reported on its own).
 Then the concurrency test: 4 trials through ``run_search`` with ``max_concurrent`` 1 and 2
@@ -24,8 +25,6 @@ Then the concurrency test: 4 trials through ``run_search`` with ``max_concurrent
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 import tempfile
 import time
@@ -37,7 +36,7 @@ import numpy as np
 from benchmarks import _common as C
 
 NAME = "overhead"
-LEVELS = ("bare", "tune", "tune+reuse", "tune+mlflow", "search")
+LEVELS = ("bare", "tune", "tune+reuse", "build_tuner", "search")
 MODES = {
     # ~3.5-second trials: 9 folds of a width-8 DynaLay, one epoch each.
     "quick": {"folds": 9, "fixed": {"width": 8, "epochs": 1, "warmup_epochs": 0, "batch_size": 128},
@@ -112,41 +111,39 @@ def _timing_recorder() -> Any:
     return Recorder()
 
 
+def search_options(settings: dict[str, Any], seed: int, trials: int, run_dir: Path,
+                   max_concurrent: int = 1) -> Any:
+    """The options of a search over the benchmark's one-configuration space, in ``run_dir``."""
+    from pipeline.search import SearchOptions
+    from pipeline.space import load_space
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    space = load_space(str(write_space(settings, seed, run_dir / "space.yaml")))
+    return SearchOptions(space=space, experiment="overhead", run_dir=run_dir, num_samples=trials,
+                         folds=settings["folds"], max_concurrent=max_concurrent, cpus_per_trial=1.0,
+                         pruner="none", sampler="tpe", seed=seed, verbose=0)
+
+
 def tuner_level(level: str, settings: dict[str, Any], seed: int, trials: int, run_dir: Path,
                 max_concurrent: int = 1) -> dict[str, Any]:
     from ray import tune
 
-    from pipeline.trial import cv_trial
+    from pipeline.search import build_tuner, search_trainable
 
-    trainable = tune.with_resources(
-        tune.with_parameters(cv_trial, settings=trial_settings(settings, seed)), {"cpu": 1})
+    options = search_options(settings, seed, trials, run_dir, max_concurrent)
     recorder = _timing_recorder()
-    callbacks: list[Any] = [recorder]
-    scheduler = None
-    if level == "tune+mlflow":
-        from pipeline.mlflow_queue import MlflowQueue
-        from pipeline.scheduler import FoldPruningScheduler
-        from pipeline.search import default_tracking_uri
-        from pipeline.tracking import SearchTracker
-
-        experiment_dir = run_dir / "mlflow-level"
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        scheduler = FoldPruningScheduler("none", settings["folds"])
-        callbacks.append(SearchTracker(
-            queue=MlflowQueue(default_tracking_uri(run_dir), "overhead", "overhead", experiment_dir,
-                              artifact_location=(run_dir / "mlartifacts").resolve().as_uri()),
-            settings={"dataset": "digits", "model": "dynalay", "folds": settings["folds"]},
-            folds=settings["folds"], run_dir=experiment_dir, scheduler=scheduler,
-            search_name="overhead",
-        ))
-    tuner = tune.Tuner(
-        trainable,
-        param_space={},
-        tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=max_concurrent,
-                                    scheduler=scheduler, reuse_actors=level == "tune+reuse"),
-        run_config=tune.RunConfig(name=level.replace("+", "-"), storage_path=str(run_dir.resolve()),
-                                  callbacks=callbacks, verbose=0),
-    )
+    if level == "build_tuner":
+        tuner = build_tuner(options, callbacks=[recorder])
+    else:
+        tuner = tune.Tuner(
+            search_trainable(options),
+            param_space={"lr": LR},
+            tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=max_concurrent,
+                                        reuse_actors=level == "tune+reuse"),
+            run_config=tune.RunConfig(name=level.replace("+", "-"),
+                                      storage_path=str(run_dir.resolve()), callbacks=[recorder],
+                                      verbose=0),
+        )
     began = time.time()
     tuner.fit()
     finished = time.time()
@@ -194,13 +191,9 @@ def write_space(settings: dict[str, Any], seed: int, path: Path) -> Path:
 
 def search_level(settings: dict[str, Any], seed: int, trials: int, run_dir: Path,
                  max_concurrent: int = 1) -> dict[str, Any]:
-    from pipeline.search import SearchOptions, run_search
-    from pipeline.space import load_space
+    from pipeline.search import run_search
 
-    space = load_space(str(write_space(settings, seed, run_dir / "space.yaml")))
-    options = SearchOptions(space=space, experiment="overhead", run_dir=run_dir, num_samples=trials,
-                            folds=settings["folds"], max_concurrent=max_concurrent, cpus_per_trial=1.0,
-                            pruner="none", sampler="tpe", seed=seed, verbose=0)
+    options = search_options(settings, seed, trials, run_dir, max_concurrent)
     began = time.time()
     run_search(options)
     finished = time.time()
@@ -223,103 +216,63 @@ def search_level(settings: dict[str, Any], seed: int, trials: int, run_dir: Path
 # -- where a trial's overhead goes -----------------------------------------------------------
 
 
-def _instrumented_trainable() -> Any:
-    """A copy of ``pipeline.trial.cv_trial`` that times its phases and reports them.
-
-    Defined inside a function so that cloudpickle ships it by value (the ``benchmarks``
-    package is not installed in Ray's workers)."""
-
-    def trainable(config: dict[str, Any], settings: Any) -> None:
-        import time as clock
-
-        entered = clock.time()
-        t = clock.perf_counter()
-        import json
-        import tempfile as tmp
-        from pathlib import Path as P
-
-        import torch
-        from ray import tune
-
-        from pipeline import trial as T
-
-        import_s = clock.perf_counter() - t
-        torch.set_num_threads(max(1, settings.threads))
-        t = clock.perf_counter()
-        dataset = T._cached_dataset(settings.dataset, settings.data_dir, settings.seed)
-        data_s = clock.perf_counter() - t
-        folds = T.fold_indices(dataset, settings.folds, settings.seed)
-        run_config = {"model": settings.model, "seed": settings.seed, **settings.fixed, **config}
-        done: list[Any] = []
-        fold_s: list[float] = []
-        report_s: list[float] = []
-        for fold in range(settings.folds):
-            t = clock.perf_counter()
-            train_index, test_index = folds[fold]
-            done.append(T.run_fold(dataset, train_index, test_index, run_config,
-                                   torch.device("cpu"), fold))
-            fold_s.append(clock.perf_counter() - t)
-            t = clock.perf_counter()
-            with tmp.TemporaryDirectory() as directory:
-                P(directory, T.FOLD_RESULTS_FILE).write_text(
-                    json.dumps([T.asdict(f) for f in done]))
-                report = {**T.fold_report(done), "_entered": entered, "_import_s": import_s,
-                          "_data_s": data_s, "_fold_s": list(fold_s), "_report_s": list(report_s),
-                          "_reported": clock.time()}
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
-            report_s.append(clock.perf_counter() - t)
-
-    return trainable
-
-
 def breakdown(settings: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
-    """One trial through Ray Tune (no MLflow), its wall time split into phases."""
+    """One trial through a plain Ray Tune ``Tuner`` (no MLflow), its wall time split into
+    phases from Ray Tune's events and what each fold's result says (Ray Tune's
+    ``time_this_iter_s``: the trainable's time from its start, or its previous report, to this
+    report; the fold's ``fold_train_seconds``)."""
     from ray import tune
+
+    from pipeline.outcome import FoldReport
+    from pipeline.search import search_trainable
 
     class Times(tune.Callback):
         def __init__(self) -> None:
             self.start = self.end = float("nan")
-            self.result: dict[str, Any] = {}
+            self.arrivals: list[float] = []
+            self.iterations: list[float] = []
+            self.training: list[float] = []
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.start = time.time()
 
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            self.arrivals.append(time.time())
+            self.iterations.append(float(result["time_this_iter_s"]))
+            self.training.append(FoldReport.from_result(result).fold_train_seconds or 0.0)
+
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.end = time.time()
-            self.result = dict(trial.last_result or {})
 
     times = Times()
-    trainable = tune.with_resources(
-        tune.with_parameters(_instrumented_trainable(), settings=trial_settings(settings, seed)),
-        {"cpu": 1})
-    tuner = tune.Tuner(trainable, param_space={}, tune_config=tune.TuneConfig(num_samples=1),
+    options = search_options(settings, seed, 1, run_dir)
+    tuner = tune.Tuner(search_trainable(options), param_space={"lr": LR},
+                       tune_config=tune.TuneConfig(num_samples=1),
                        run_config=tune.RunConfig(name="breakdown", storage_path=str(run_dir.resolve()),
                                                  callbacks=[times], verbose=0))
     began = time.time()
     tuner.fit()
     finished = time.time()
-    r = times.result
-    folds = r.get("_fold_s", [])
-    reports = r.get("_report_s", [])
-    per_report = float(np.median(reports)) if reports else float("nan")
-    reported = r.get("_reported", float("nan"))
+    folds = times.iterations
+    median = float(np.median(folds)) if folds else float("nan")
+    nan = float("nan")
     phases = {
         "Tuner set-up and worker start until Tune's trial start event": times.start - began,
-        "Tune's trial start event until the trainable function runs (unpickling its parameters imports torch and the pipeline)":
-            r.get("_entered", float("nan")) - times.start,
-        "imports left inside the trainable": r.get("_import_s", float("nan")),
-        "reading the data set (once per worker)": r.get("_data_s", float("nan")),
-        "training and scoring the folds (run_fold), at the median fold's pace":
-            float(np.median(folds) * len(folds)) if folds else float("nan"),
-        "the first fold's excess over the median fold (first calls in a fresh process)":
-            float(folds[0] - np.median(folds)) if folds else float("nan"),
-        "the other folds' deviations from the median": float(sum(folds[1:]) - np.median(folds) * (len(folds) - 1)) if folds else float("nan"),
-        "fold reports with checkpoints (all but the last)": float(sum(reports)),
-        "last report (with checkpoint) until the trial is complete": times.end - reported,
+        "Tune's trial start event until the trainable's first iteration is timed (the worker "
+        "is already up at the start event)":
+            (times.arrivals[0] - folds[0] - times.start) if folds else nan,
+        "the first fold's excess over the median fold (imports inside the trainable, threads, "
+        "reading the data set, first calls in a fresh process)": (folds[0] - median) if folds else nan,
+        "the folds at the median fold's pace (training, scoring, report with checkpoint)":
+            median * len(folds) if folds else nan,
+        "of which training (fit, the folds' fold_train_seconds)": float(sum(times.training)),
+        "the other folds' deviations from the median": float(sum(folds[1:]) - median * (len(folds) - 1)) if folds else nan,
+        "last fold's result at the driver until the trial is complete":
+            (times.end - times.arrivals[-1]) if times.arrivals else nan,
         "trial complete until Tuner.fit returns": finished - times.end,
     }
-    return {"wall_s": finished - began, "phases_s": phases, "report_s_median": per_report,
-            "fold_s": folds}
+    return {"wall_s": finished - began, "phases_s": phases, "fold_s": folds}
 
 
 def _bare_worker(settings: dict[str, Any], seed: int, trials: int, queue: Any) -> None:
@@ -409,9 +362,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "## Where one trial's time goes",
         "",
         f"One trial through Ray Tune (no MLflow), {payload['breakdown']['wall_s']:.1f} s from "
-        "`Tuner.fit` to its return, timed from inside an instrumented copy of `cv_trial` and "
-        "from a Tune callback (the session's first trial through Ray, so its worker start-up "
-        "may include reading files from a cold page cache):",
+        "`Tuner.fit` to its return, split by a Tune callback's events and each fold result's "
+        "`time_this_iter_s` and `fold_train_seconds` (the session's first trial through Ray, so "
+        "its worker start-up may include reading files from a cold page cache):",
         "",
         C.markdown_table(("phase", "s"), [(k, C.fmt(v, 3)) for k, v in payload["breakdown"]["phases_s"].items()]),
         "",
@@ -454,26 +407,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = C.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--skip-concurrency", action="store_true")
     args = C.parse(parser, argv)
-    started = time.perf_counter()
-    device = C.resolve_device(args.device)
     settings = MODES[args.mode]
-    env = C.environment(device, args.mode, args.seed)
-    env["torch_threads"] = 1
-    if device.type == "cuda":
-        C.note("note: trials run on the CPU here (cpus_per_trial=1, no GPUs requested)")
+    ray_cpus = 2
+    started, env, ray_init_s = C.start_search_benchmark(args, ray_cpus)
 
     import ray
 
     from pipeline.data import load_dataset
 
     data = load_dataset("digits", seed=args.seed)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    t0 = time.perf_counter()
-    ray_cpus = 2
-    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    ray_init_s = time.perf_counter() - t0
 
     root = Path(tempfile.mkdtemp(prefix="dynalay-bench-overhead-"))
     n = settings["trials"]
@@ -485,8 +427,6 @@ def main(argv: list[str] | None = None) -> None:
     inside: dict[str, list[float]] = {level: [] for level in levels_run}
     bare_trials: list[float] = []
     try:
-        # One untimed trial through Ray first: the first actor of a session pays for importing
-        # torch from a cold page cache, which no level should be charged with.
         # The breakdown goes first: its trial is also the session's first through Ray, which pays
         # for reading torch & co. from a cold page cache; no level below is charged with that.
         C.note("breakdown of one trial through Ray Tune")
@@ -598,9 +538,7 @@ def main(argv: list[str] | None = None) -> None:
             "trials at once need both cores.",
         ],
     }
-    json_path, md_path = C.write_results(args.out, NAME, payload, markdown(payload))
-    C.note(markdown(payload))
-    C.note(f"wrote {json_path} and {md_path} in {env['elapsed_s']:.0f} s")
+    C.publish(args.out, NAME, payload, markdown(payload))
 
 
 if __name__ == "__main__":

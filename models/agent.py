@@ -44,16 +44,22 @@ def route(policy_logits: Tensor, bias: float = 0.0) -> Tensor:
 
 
 class AgentNet(nn.Module):
-    """Pooled plain-pass activations (B, D) → action logits (B, 4).
+    """Features (B, A + K) → action logits (B, 4): the first A are pooled plain-pass
+    activations, the last K confidence features (log-probabilities of the plain prediction).
 
-    LayerNorm first, because the three layers' pooled activations live on different scales; the
-    output layer starts at zero, so the initial policy is uniform.
+    The activations pass a LayerNorm first, because the three layers' pooled activations live on
+    different scales; the confidence features do not, since a per-sample normalisation would
+    erase their absolute level, which is what says how sure the plain pass is. The output layer
+    starts at zero, so the initial policy is uniform.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 64, num_actions: int = NUM_ACTIONS) -> None:
+    def __init__(
+        self, in_dim: int, hidden: int = 64, num_actions: int = NUM_ACTIONS, confidence_dim: int = 0
+    ) -> None:
         super().__init__()
+        self.activation_dim = in_dim - confidence_dim
+        self.norm = nn.LayerNorm(self.activation_dim) if self.activation_dim > 0 else nn.Identity()
         self.net = nn.Sequential(
-            nn.LayerNorm(in_dim),
             nn.Linear(in_dim, hidden),
             nn.ReLU(),
             nn.Linear(hidden, num_actions),
@@ -62,7 +68,8 @@ class AgentNet(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.net(features)
+        activations = self.norm(features[:, : self.activation_dim])
+        return self.net(torch.cat([activations, features[:, self.activation_dim :]], dim=1))
 
 
 class Reinforce(nn.Module):

@@ -16,7 +16,7 @@ import math
 
 from torch import Tensor, nn
 
-from models.contraction import ContractiveConv
+from models.contraction import ContractiveConv, contractive_state
 from models.fpi import FPILayer
 
 
@@ -44,7 +44,17 @@ class ConvBackbone(Backbone):
     """CNN for (C, H, W) images with C in {1, 3} and 8 ≤ H, W ≤ 32.
 
     Shapes for width w and an H×W input: stem (w, H, W) → L1 (w, H/2, W/2) → L2 (2w, H/4, W/4)
-    → L3 (4w, H/8, W/8) → global average pool → linear head.
+    → L3 (4w, H/8, W/8) → global average pool → linear head. `state_path` picks each layer's
+    state path form (models.contraction.contractive_state): `conv`, a contractive 3×3 conv on
+    every layer, or `max`, on L1 a flood-like maximum over the 4 neighbours of a contractive 1×1
+    channel mix and on L2, L3 the conv (a flood on their coarser grids, where one position
+    holds several of L1's, merges what L1 keeps apart: on the 10-cell maze, quick protocol,
+    Model 3 with the max path on all three layers stayed at chance, 50.5 %). φ is
+    ReLU either way. (Capped at 1, ReLU would let a flood's source saturate at once, so a solve
+    over a path of L steps would end after exactly L + 1 applications, as the maze tests show
+    for a hand-set flood; but a cap stalls training, as saturated units pass no gradient, and
+    on the maze capped models learnt far more slowly. Uncapped, the source keeps growing around
+    its 2-cycles, so solves at c near 1 run to `max_iter`.)
     """
 
     def __init__(
@@ -55,6 +65,7 @@ class ConvBackbone(Backbone):
         *,
         contraction: float | None = 0.9,
         contraction_bound: str = "circular",
+        state_path: str = "conv",
         **fpi_options: object,
     ) -> None:
         super().__init__()
@@ -72,7 +83,9 @@ class ConvBackbone(Backbone):
                 nn.MaxPool2d(2),
                 nn.GroupNorm(_groups(c_out), c_out),
             )
-            state = ContractiveConv(c_out, 3, spatial_dims=2, contraction=contraction, bound=contraction_bound)
+            # A flood belongs at cell resolution: at L2 and L3 one position holds several cells.
+            form = state_path if c_out == width else "conv"
+            state = contractive_state(form, c_out, contraction=contraction, bound=contraction_bound)
             layers.append(FPILayer(inject, state, nn.ReLU(), **fpi_options))  # type: ignore[arg-type]
             c_in = c_out
         self.layers = nn.ModuleList(layers)

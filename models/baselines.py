@@ -18,26 +18,47 @@ from models.config import ModelConfig, ModelSpec
 from models.stats import ForwardStats
 
 
-class Plain(DynaLayModule):
-    """Model 0: stem → L1 → L2 → L3 → head, no fixed points."""
+class _LayerwiseBaseline(DynaLayModule):
+    """A baseline that runs every sample through the same path: one forward pass for all three.
+
+    Subclasses say how layer ``i`` maps its input (:meth:`_apply_layer`, filling that layer's
+    column of the iteration and residual statistics when it iterates) and which action every
+    sample is reported with (:attr:`action`); the stem, head, FLOP accounting and statistics
+    are this class's.
+    """
+
+    #: The action reported for every sample (0: plain, k: layers 1..k iterated).
+    action: int = 0
+
+    def _apply_layer(self, index: int, h: Tensor, iterations: Tensor, residuals: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> tuple[Tensor, ForwardStats]:
         bb = self.backbone
+        batch = x.shape[0]
+        iterations, residuals = self.empty_stats(batch, x.device)
         h = bb.stem(x)
         inputs, outputs = [], []
-        for layer in bb.layers:
+        for i in range(len(bb.layers)):
             inputs.append(h)
-            h, _ = layer.plain(h)
+            h = self._apply_layer(i, h, iterations, residuals)
             outputs.append(h)
         logits = bb.head(h)
         costs = self.layer_costs(x, inputs, outputs)
-        iterations, residuals = self.empty_stats(x.shape[0], x.device)
-        flops = torch.full((x.shape[0],), costs.plain, dtype=torch.float64, device=x.device)
-        actions = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        # A plain layer has 0 iterations, so it adds no state-path FLOPs.
+        flops = costs.plain + iterations.double() @ costs.state_vector(x.device)
+        actions = torch.full((batch,), self.action, dtype=torch.int64, device=x.device)
         return logits, ForwardStats(flops, actions, iterations, residuals)
 
 
-class StaticFPI(DynaLayModule):
+class Plain(_LayerwiseBaseline):
+    """Model 0: stem → L1 → L2 → L3 → head, no fixed points."""
+
+    def _apply_layer(self, index: int, h: Tensor, iterations: Tensor, residuals: Tensor) -> Tensor:
+        return self.backbone.layers[index].plain(h)[0]
+
+
+class StaticFPI(_LayerwiseBaseline):
     """Models 1-3: FPI on layers 1..k for every sample, the rest plain."""
 
     def __init__(self, backbone: Backbone, spec: ModelSpec, k: int) -> None:
@@ -45,30 +66,19 @@ class StaticFPI(DynaLayModule):
         if k not in (1, 2, 3):
             raise ValueError(f"StaticFPI needs k in 1..3, got {k}")
         self.k = k
+        self.action = k
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ForwardStats]:
-        bb = self.backbone
-        iterations, residuals = self.empty_stats(x.shape[0], x.device)
-        h = bb.stem(x)
-        inputs, outputs = [], []
-        for i, layer in enumerate(bb.layers):
-            inputs.append(h)
-            if i < self.k:
-                fp = layer.solve(layer.inject(h))
-                iterations[:, i] = fp.iterations
-                residuals[:, i] = fp.residuals
-                h = fp.z
-            else:
-                h, _ = layer.plain(h)
-            outputs.append(h)
-        logits = bb.head(h)
-        costs = self.layer_costs(x, inputs, outputs)
-        flops = costs.plain + iterations.double() @ costs.state_vector(x.device)
-        actions = torch.full((x.shape[0],), self.k, dtype=torch.int64, device=x.device)
-        return logits, ForwardStats(flops, actions, iterations, residuals)
+    def _apply_layer(self, index: int, h: Tensor, iterations: Tensor, residuals: Tensor) -> Tensor:
+        layer = self.backbone.layers[index]
+        if index >= self.k:
+            return layer.plain(h)[0]
+        fp = layer.solve(layer.inject(h))
+        iterations[:, index] = fp.iterations
+        residuals[:, index] = fp.residuals
+        return fp.z
 
 
-class DEQ(DynaLayModule):
+class DEQ(_LayerwiseBaseline):
     """Each layer's map z ↦ φ(u + s(z)) solved by TorchDEQ, with IFT gradients.
 
     TorchDEQ's solvers stop when the whole batch is below the tolerance, and every call of f
@@ -76,6 +86,8 @@ class DEQ(DynaLayModule):
     (the solver's own mixing arithmetic is not counted). Recorded residuals are TorchDEQ's
     `rel_lowest`. The action is reported as 3 (all layers solved).
     """
+
+    action = 3
 
     def __init__(self, backbone: Backbone, spec: ModelSpec, cfg: ModelConfig) -> None:
         super().__init__(backbone, spec)
@@ -110,20 +122,8 @@ class DEQ(DynaLayModule):
         solver_calls = calls - 1 if self.deq.training else calls
         return z_list[-1], solver_calls, info["rel_lowest"].detach().float().reshape(-1)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ForwardStats]:
-        bb = self.backbone
-        batch = x.shape[0]
-        iterations, residuals = self.empty_stats(batch, x.device)
-        h = bb.stem(x)
-        inputs, outputs = [], []
-        for i, layer in enumerate(bb.layers):
-            inputs.append(h)
-            h, calls, rel = self._solve(i, layer.inject(h))
-            iterations[:, i] = calls
-            residuals[:, i] = rel.to(x.device)
-            outputs.append(h)
-        logits = bb.head(h)
-        costs = self.layer_costs(x, inputs, outputs)
-        flops = costs.plain + iterations.double() @ costs.state_vector(x.device)
-        actions = torch.full((batch,), 3, dtype=torch.int64, device=x.device)
-        return logits, ForwardStats(flops, actions, iterations, residuals)
+    def _apply_layer(self, index: int, h: Tensor, iterations: Tensor, residuals: Tensor) -> Tensor:
+        z, calls, rel = self._solve(index, self.backbone.layers[index].inject(h))
+        iterations[:, index] = calls
+        residuals[:, index] = rel.to(h.device)
+        return z

@@ -56,6 +56,3 @@ class FlopTable:
             cost = float(module_flops(module, *inputs))
             self._cache[key] = cost
         return cost
-
-    def clear(self) -> None:
-        self._cache.clear()

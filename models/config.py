@@ -17,16 +17,19 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from models.fpi import BACKWARD_MODES
+from models.fpi import SOLVERS as FPI_SOLVERS
+
 ModelKind = Literal["dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq"]
-BackwardMode = Literal["implicit", "jfb", "unroll"]
+BackwardMode = Literal["implicit", "phantom", "jfb", "unroll"]
 Task = Literal["image", "sequence", "language_model"]
 
 MODEL_KINDS: tuple[str, ...] = ("dynalay", "plain", "fpi1", "fpi2", "fpi3", "deq")
-BACKWARD_MODES: tuple[str, ...] = ("implicit", "jfb", "unroll")
 DEQ_SOLVERS: tuple[str, ...] = ("anderson", "broyden")
 BASELINES: tuple[str, ...] = ("ema", "batch", "plain")
 CONTRACTION_BOUNDS: tuple[str, ...] = ("circular", "taps")
 PATH_LOSSES: tuple[str, ...] = ("routed", "every")
+STATE_PATHS: tuple[str, ...] = ("conv", "max")
 POLICY_GRADIENTS: tuple[str, ...] = ("reinforce", "expected")
 REWARD_COSTS: tuple[str, ...] = ("depth", "flops")
 REWARD_HITS: tuple[str, ...] = ("correct", "probability")
@@ -75,14 +78,23 @@ class ModelConfig(_DictConfig):
         fwd_tol: forward stopping tolerance on ‖f(z) − z‖ / ‖f(z)‖, per sample.
         bwd_tol: tolerance of the adjoint fixed-point iteration (`implicit` backward, DEQ).
         max_iter: most applications of f per layer and solve (forward and backward).
-        backward: `implicit` (adjoint fixed point), `jfb` (one step) or `unroll` (autograd
-            through the iterations).
+        backward: `implicit` (adjoint fixed point), `phantom` (the adjoint stopped after
+            `phantom_steps` − 1 products: TorchDEQ's phantom gradient with τ = 1), `jfb` (one
+            step) or `unroll` (autograd through the iterations). See models.fpi.
+        phantom_steps: k of the `phantom` backward (k = 1 is `jfb`).
+        solver: the FPI layers' forward solver, `fixed_point` or `anderson` (Anderson
+            acceleration, per sample); `deq` uses `deq_solver` instead.
         contraction: bound on the state path's operator norm, in (0, 1); None leaves the state
             path unconstrained (convergence is then not guaranteed).
         contraction_bound: how the state path's norm is bounded to enforce `contraction`:
             `circular` (the exact norm of the circular convolution embedding the zero-padded
             one; tight) or `taps` (Σ over kernel taps of σ_max; about 3× loose, so the real
             contraction is far below `contraction`). See models.contraction.
+        state_path: the image layers' state path form: `conv` (a contractive 3×3 conv, an L2
+            contraction) or `max` (on layer 1 the maximum over the 4 neighbours of a contractive
+            1×1 channel mix, an L∞ contraction: a flood fill that carries a signal c^D over D
+            cells where the conv's shrinks like (c/4)^D; layers 2, 3 keep the conv). Sequence
+            backbones take `conv` only. See models.contraction.ContractiveMaxSpread.
         alpha, beta, gamma: reward R = α·correct − β·cost(a); loss = CE + γ·policy term.
         reward_cost: cost(a) in the reward. `depth` (the thesis): C(a)·k(a), C the action's
             FLOPs over the plain pass', k its number of FPI layers, so a FLOP spent on action 3
@@ -100,9 +112,17 @@ class ModelConfig(_DictConfig):
             `batch` (the current batch mean) or `plain` (self-critical: the reward the plain
             pass earned on the same sample).
         agent_hidden: hidden units of the AgentNet MLP.
-        agent_confidence: also feed the agent the plain pass' 4 largest softmax probabilities,
-            sorted (mean over tokens for language models): the plain prediction's confidence,
-            which the pooled activations hold only through the head's softmax.
+        agent_confidence: also feed the agent the logarithms of the plain pass' 4 largest
+            softmax probabilities, sorted (mean over tokens for language models), beside the
+            pooled activations' LayerNorm rather than inside it: the plain prediction's
+            confidence, which the pooled activations hold only through the head's softmax.
+        agent_activations: the agent reads the pooled activations of L1..L3. False: it reads
+            only the confidence features (needs `agent_confidence`), which on Fashion-MNIST
+            rank the samples FPI fixes as well as the activations do and overfit less.
+        agent_epochs: after the last epoch, the network frozen, the agent alone is trained for
+            this many passes over the training split on the exact expected reward (every
+            action's outcome computed once per sample; models.training.fit_agent). Jointly the
+            agent gets only the few epochs after warm-up, on a network still moving; 0: none.
         path_loss: DynaLay's training objective for the main model. `routed`: CE on the logits
             of the action each sample took (the plain logits or its FPI recomputation).
             `every`: every training sample also runs every FPI path (actions 1..3 share their
@@ -128,8 +148,11 @@ class ModelConfig(_DictConfig):
     bwd_tol: float = 1e-5
     max_iter: int = 30
     backward: str = "implicit"
+    phantom_steps: int = 3
+    solver: str = "fixed_point"
     contraction: float | None = 0.9
     contraction_bound: str = "circular"
+    state_path: str = "conv"
     alpha: float = 0.5
     beta: float = 0.3
     reward_cost: str = "depth"
@@ -139,6 +162,8 @@ class ModelConfig(_DictConfig):
     baseline: str = "ema"
     agent_hidden: int = 64
     agent_confidence: bool = False
+    agent_activations: bool = True
+    agent_epochs: int = 0
     path_loss: str = "routed"
     policy_gradient: str = "reinforce"
     route_bias: float = 0.0
@@ -149,16 +174,22 @@ class ModelConfig(_DictConfig):
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, MODEL_KINDS)
         _check_choice("backward", self.backward, BACKWARD_MODES)
+        _check_choice("solver", self.solver, FPI_SOLVERS)
         _check_choice("deq_solver", self.deq_solver, DEQ_SOLVERS)
         _check_choice("baseline", self.baseline, BASELINES)
         _check_choice("contraction_bound", self.contraction_bound, CONTRACTION_BOUNDS)
+        _check_choice("state_path", self.state_path, STATE_PATHS)
         _check_choice("path_loss", self.path_loss, PATH_LOSSES)
         _check_choice("policy_gradient", self.policy_gradient, POLICY_GRADIENTS)
         _check_choice("reward_cost", self.reward_cost, REWARD_COSTS)
         _check_choice("reward_hit", self.reward_hit, REWARD_HITS)
+        if not (self.agent_activations or self.agent_confidence):
+            raise ValueError("agent_activations=False needs agent_confidence=True: the agent reads nothing")
+        if not isinstance(self.agent_epochs, int) or self.agent_epochs < 0:
+            raise ValueError(f"agent_epochs={self.agent_epochs!r} must be an integer >= 0")
         if not math.isfinite(self.route_bias):
             raise ValueError(f"route_bias={self.route_bias!r} must be finite")
-        for name in ("width", "max_iter", "agent_hidden", "embed_dim", "hidden"):
+        for name in ("width", "max_iter", "phantom_steps", "agent_hidden", "embed_dim", "hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")

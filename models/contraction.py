@@ -164,3 +164,75 @@ class ContractiveConv(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.apply_weight(z, self.effective_weight(self.spatial_shape(z)))
+
+
+STATE_PATHS: tuple[str, ...] = ("conv", "max")
+"""State path forms: ``conv`` (ContractiveConv, an L2 contraction) or ``max``
+(ContractiveMaxSpread, an L∞ contraction)."""
+
+
+def max_row_sum(weight: Tensor) -> Tensor:
+    """max over output channels of Σ over input channels of |W|: the exact operator norm of the
+    1×1 channel mix `weight` (C_out, C_in, 1, 1) in the max norm."""
+    return weight.flatten(1).abs().sum(dim=1).max()
+
+
+class ContractiveMaxSpread(ContractiveConv):
+    """State path s(z)[p] = max over p and its 4 edge neighbours q of (W z)[q], W a 1×1 channel
+    mix with ‖s‖ ≤ `contraction` in the max norm: the form a flood fill takes.
+
+    Why. A flood must carry "reached" along a path without losing it. A linear state path of
+    L2 norm c that spreads to 4 neighbours passes on about c/4 per step where a path is one cell
+    wide, so a signal D cells away shrinks like (c/4)^D and drowns. The maximum passes a value
+    on whole: a flood seeded with 1 at the start reads c^D at distance D (0.99^30 ≈ 0.74).
+
+    Contraction in the max norm ‖z‖∞ = max over positions and channels of |z| (one sample).
+    The 1×1 mix has ‖W z − W z'‖∞ ≤ ‖W‖∞ ‖z − z'‖∞ with ‖W‖∞ the largest absolute row sum
+    (`max_row_sum`, exact); a maximum over positions is 1-Lipschitz in the max norm
+    (|max a − max b| ≤ max |a − b|); and φ (ReLU, tanh) acts elementwise and is 1-Lipschitz. So
+    W rescaled to ‖W‖∞ = c·σ(g) makes f(z) = φ(u + s(z)) a c-contraction in the max norm: a
+    unique fixed point, reached from any start (Banach holds in any norm). Its Jacobian J has
+    ‖J‖∞ ≤ c, so its spectral radius is ≤ c and the adjoint iteration g ← v + g·J of the
+    implicit backward converges too (‖Jᵀ‖₁ = ‖J‖∞ ≤ c). Positions beyond the border take
+    no part in the maximum (−∞ padding), so they add nothing. Image states (B, C, H, W) only.
+
+    Args:
+        channels: channels of the state.
+        contraction: the bound c in (0, 1) (None: unconstrained mix, nothing guaranteed).
+    """
+
+    def __init__(self, channels: int, contraction: float | None = 0.9) -> None:
+        super().__init__(channels, kernel_size=1, spatial_dims=2, contraction=contraction)
+        # Start as a flood of every channel on its own (W = I) at about 0.98 c: a random mix
+        # starts with nothing to carry, and a weak one fades over a long path (0.87^30 ≈ 0.02).
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+            if self.gain is not None:
+                self.gain.fill_(4.0)
+
+    def weight_norm_bound(self, weight: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+        """‖W‖∞ of the 1×1 mix (size-free; `spatial_shape` is ignored)."""
+        return max_row_sum(weight)
+
+    def apply_weight(self, z: Tensor, weight: Tensor) -> Tensor:
+        mixed = F.conv2d(z, weight)
+        height, width = mixed.shape[-2:]
+        padded = F.pad(mixed, (1, 1, 1, 1), value=float("-inf"))
+        return torch.stack([
+            mixed,
+            padded[..., :height, 1 : width + 1],  # the neighbour above
+            padded[..., 2:, 1 : width + 1],  # below
+            padded[..., 1 : height + 1, :width],  # left
+            padded[..., 1 : height + 1, 2:],  # right
+        ]).amax(dim=0)
+
+
+def contractive_state(form: str, channels: int, *, contraction: float | None,
+                      bound: str = "circular") -> ContractiveConv:
+    """The state path of an image layer with `channels` channels: `conv` (a 3×3
+    ContractiveConv with `bound`) or `max` (ContractiveMaxSpread)."""
+    if form == "conv":
+        return ContractiveConv(channels, 3, spatial_dims=2, contraction=contraction, bound=bound)
+    if form == "max":
+        return ContractiveMaxSpread(channels, contraction=contraction)
+    raise ValueError(f"state path {form!r} is not one of {list(STATE_PATHS)}")

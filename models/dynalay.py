@@ -3,10 +3,12 @@
 Per batch:
 1. The plain pass runs for every sample (stem, L1..L3 plainly, head) and keeps each layer's
    injection u_i and output a_i.
-2. AgentNet reads the detached pooled a_1..a_3 (with `agent_confidence`, also the plain
-   prediction's largest softmax probabilities) and picks an action per sample: sampled while
-   training (uniformly during warm-up), the argmax at evaluation (with `route_bias` added to
-   the plain action's logit).
+2. AgentNet reads the detached pooled a_1..a_3 (with `agent_confidence`, also the logs of the
+   plain prediction's largest softmax probabilities; with `agent_activations` False, only
+   those) and picks an action per sample: sampled while training (uniformly during warm-up),
+   the argmax at evaluation (with `route_bias` added to the plain action's logit). With
+   `agent_epochs`, a last phase trains the agent alone on the frozen network
+   (`agent_targets`, models.training.fit_agent).
 3. The samples with action k ≥ 1 are recomputed: layer i ≤ k is iterated to its fixed point,
    layers after k run plainly on the new input, then the head; their logits replace the plain
    ones (index_select the subgroup, run, index_copy back). Samples that chose plain cost one
@@ -57,6 +59,7 @@ class _PlainPass:
     outputs: list[Tensor]
     costs: LayerCosts
     agent_cost: float
+    features: Tensor
     policy_logits: Tensor
 
 
@@ -70,6 +73,7 @@ class Paths:
         iterations: int64 (B, 3): FPI applications per layer of the full chain (action k runs
             those of layers 1..k).
         residuals: float32 (B, 3): final residual per layer of the full chain.
+        features: (B, D): what the agent reads (detached).
         policy_logits: (B, 4): the agent's logits.
     """
 
@@ -77,6 +81,7 @@ class Paths:
     flops: Tensor
     iterations: Tensor
     residuals: Tensor
+    features: Tensor
     policy_logits: Tensor
 
 
@@ -101,8 +106,11 @@ class DynaLay(DynaLayModule):
     def __init__(self, backbone: Backbone, spec: ModelSpec, cfg: ModelConfig) -> None:
         super().__init__(backbone, spec)
         self.agent_confidence = cfg.agent_confidence
+        self.agent_activations = cfg.agent_activations
+        self.agent_epochs = cfg.agent_epochs
         extra = min(_CONFIDENCE_FEATURES, spec.num_classes) if cfg.agent_confidence else 0
-        self.agent = AgentNet(sum(backbone.layer_dims) + extra, hidden=cfg.agent_hidden)
+        pooled = sum(backbone.layer_dims) if cfg.agent_activations else 0
+        self.agent = AgentNet(pooled + extra, hidden=cfg.agent_hidden, confidence_dim=extra)
         self.reinforce = Reinforce(
             cfg.alpha, cfg.beta, cfg.gamma, entropy=cfg.entropy, baseline=cfg.baseline,
             cost=cfg.reward_cost,
@@ -138,10 +146,11 @@ class DynaLay(DynaLayModule):
             outputs.append(h)
         logits = bb.head(h)
         # the agent reads detached summaries: its gradient cannot reach the main model
-        summaries = [bb.pool(a).detach() for a in outputs]
+        summaries = [bb.pool(a).detach() for a in outputs] if self.agent_activations else []
         if self.agent_confidence:
-            probabilities = logits.detach().float().softmax(dim=-1)
-            top = probabilities.topk(min(_CONFIDENCE_FEATURES, probabilities.shape[-1]), dim=-1).values
+            log_probabilities = logits.detach().float().log_softmax(dim=-1)
+            top = log_probabilities.topk(min(_CONFIDENCE_FEATURES, log_probabilities.shape[-1]), dim=-1).values
+            top = top.clamp(min=-30.0)  # a vanishing class probability adds nothing but range
             summaries.append(top.mean(dim=1) if top.dim() == 3 else top)  # tokens: mean over time
         features = torch.cat(summaries, dim=1)
         return _PlainPass(
@@ -150,6 +159,7 @@ class DynaLay(DynaLayModule):
             outputs=outputs,
             costs=self.layer_costs(x, inputs, outputs),
             agent_cost=self.flop_table.per_sample("agent", self.agent, features),
+            features=features,
             policy_logits=self.agent(features).float(),
         )
 
@@ -216,6 +226,18 @@ class DynaLay(DynaLayModule):
         solve is per sample and warm-started the same way, whichever samples share it."""
         return self._every_path(self._plain_pass(x))
 
+    def agent_targets(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What the agent learns from on a frozen network, without gradients: its features
+        (B, D), each action's hit (B, 4; `reward_hit`) and each action's C(a) (B, 4, float64)."""
+        with torch.no_grad():
+            plain = self._plain_pass(x)
+            paths = self._every_path(plain)
+            return plain.features, self._path_hits(paths.logits, y), paths.flops / plain.costs.plain
+
+    def _path_hits(self, path_logits: Tensor, y: Tensor) -> Tensor:
+        """(B, 4): each action's hit (`reward_hit`) from every path's logits (B, 4, ...)."""
+        return torch.stack([self.hit(path_logits[:, a], y) for a in range(NUM_ACTIONS)], dim=1)
+
     def _every_path(self, plain: _PlainPass) -> Paths:
         """The chain L1 solve → L2 solve → L3 solve with a plain branch to the head after each."""
         layers = list(self.backbone.layers)
@@ -243,6 +265,7 @@ class DynaLay(DynaLayModule):
             flops=self._action_flops(plain, actions, per_action_iterations),
             iterations=iterations,
             residuals=residuals,
+            features=plain.features,
             policy_logits=plain.policy_logits,
         )
 
@@ -291,8 +314,8 @@ class DynaLay(DynaLayModule):
         if self.policy_gradient == "expected":
             if stats.path_logits is None or stats.path_cost is None or stats.policy_logits is None:
                 raise ValueError("the expected policy gradient needs every path's logits and FLOPs")
-            correct = torch.stack([self.hit(stats.path_logits[:, a], y) for a in range(NUM_ACTIONS)], dim=1)
-            term, policy_info = self.reinforce.expected(correct, stats.path_cost, stats.policy_logits)
+            term, policy_info = self.reinforce.expected(
+                self._path_hits(stats.path_logits, y), stats.path_cost, stats.policy_logits)
         else:
             # the self-critical baseline scores the plain prediction 1/0 whatever `reward_hit`
             # is: any action-independent baseline leaves the gradient unbiased

@@ -14,7 +14,9 @@ def build_backbone(cfg: ModelConfig, spec: ModelSpec) -> Backbone:
     fpi_options = dict(
         tol=cfg.fwd_tol,
         max_iter=cfg.max_iter,
+        solver=cfg.solver,
         backward=cfg.backward,
+        phantom_steps=cfg.phantom_steps,
         bwd_tol=cfg.bwd_tol,
     )
     if spec.task == "image":
@@ -23,8 +25,10 @@ def build_backbone(cfg: ModelConfig, spec: ModelSpec) -> Backbone:
             raise ValueError(f"image size {height}x{width} is outside 8x8..32x32")
         return ConvBackbone(
             channels, spec.num_classes, cfg.width, contraction=cfg.contraction,
-            contraction_bound=cfg.contraction_bound, **fpi_options,
+            contraction_bound=cfg.contraction_bound, state_path=cfg.state_path, **fpi_options,
         )
+    if cfg.state_path != "conv":
+        raise ValueError(f"state_path={cfg.state_path!r} is for image backbones; sequences take 'conv'")
     assert spec.vocab_size is not None  # ModelSpec enforces it for sequence tasks
     return LSTMBackbone(
         spec.vocab_size,

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from models.base import DynaLayModule, per_sample_correct
 from models.config import TensorPair, TrainConfig
+from models.dynalay import DynaLay
 from models.stats import ForwardStats
 
 Augment = Callable[[Tensor], Tensor]
@@ -104,7 +105,8 @@ def fit(
     Returns:
         One record per epoch: epoch, warmup, loss, ce, accuracy (on the training batches, as
         trained), flops_per_sample, time_s, and for DynaLay after warm-up policy, reward,
-        entropy (batch-size-weighted means).
+        entropy (batch-size-weighted means). With `agent_epochs` the last record also holds
+        the agent-only phase's `agent_reward` and `agent_s` (see `fit_agent`).
 
     Raises:
         DivergenceError: the loss became NaN or infinite.
@@ -170,9 +172,49 @@ def fit(
                 epochs.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
             if on_epoch is not None:
                 on_epoch(epoch, record)
+        if isinstance(model, DynaLay) and model.agent_epochs > 0:
+            history[-1].update(fit_agent(model, TensorPair(x, y), cfg, device))
     finally:
         model.set_warmup(False)
     return history
+
+
+def fit_agent(model: DynaLay, train: TensorPair, cfg: TrainConfig, device: torch.device | str) -> dict[str, float]:
+    """Trains `model`'s agent alone for `model.agent_epochs` passes over `train`, the network
+    frozen: every action's hit and cost on every sample is computed once (eval mode, no
+    gradients), then the agent follows the exact gradient of the expected reward
+    (`Reinforce.expected`, entropy bonus included) in shuffled batches of `cfg.batch_size`,
+    Adam at `cfg.lr`.
+
+    Returns:
+        agent_reward: the policy's mean expected reward over the last pass; agent_s: seconds.
+    """
+    device = torch.device(device)
+    started = time.perf_counter()
+    model.to(device).eval()
+    x, y = train.x.to(device), train.y.to(device)
+    parts = []
+    for start in range(0, len(train), 256):
+        with autocast_for(device, cfg.amp):
+            parts.append(model.agent_targets(x[start : start + 256], y[start : start + 256]))
+    features, hits, cost = (torch.cat(column) for column in zip(*parts))
+    features = features.float()  # bf16 under CUDA autocast; the agent trains in float32
+    optimizer = torch.optim.Adam(model.agent.parameters(), lr=cfg.lr)
+    order = torch.Generator(device=device)
+    order.manual_seed(cfg.seed)
+    reward = 0.0
+    for _ in range(model.agent_epochs):
+        reward = 0.0
+        perm = torch.randperm(len(train), generator=order, device=device)
+        for start in range(0, len(train), cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            term, info = model.reinforce.expected(hits[idx], cost[idx], model.agent(features[idx]).float())
+            optimizer.zero_grad(set_to_none=True)
+            term.backward()
+            optimizer.step()
+            reward += info["reward"] * idx.numel()
+    _synchronize(device)
+    return {"agent_reward": reward / len(train), "agent_s": time.perf_counter() - started}
 
 
 def _forward_batches(

@@ -30,10 +30,17 @@ logger = logging.getLogger(__name__)
 KEY_TAG = "dynalay.key"
 SEARCH_TAG = "dynalay.search"
 
-# MLflow's REST client retries a refused connection for minutes by default; the queue does
-# its own retrying between Ray Tune events, so each request must fail fast instead.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+def fail_fast_http() -> None:
+    """Make this process's MLflow HTTP requests fail within seconds (values already in the
+    environment are kept).
+
+    MLflow's REST client retries a refused connection for minutes by default; the queue does
+    its own retrying between Ray Tune events, so each request must fail fast instead. Called
+    by the queue and the search's store check, not on import.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 @dataclass
@@ -65,6 +72,7 @@ class MlflowQueue:
         spool_dir: Path,
         artifact_location: str | None = None,
     ):
+        fail_fast_http()
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
         self.experiment_name = experiment_name

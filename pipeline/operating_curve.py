@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.environment import scoped_environment
 from pipeline.errors import UsageError
 from pipeline.pareto import knee_index
 
@@ -35,8 +34,6 @@ _STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
 #: near 0 because a briefly trained agent's logits differ by hundredths.
 BIASES: tuple[float, ...] = (-1e3, *(-s for s in reversed(_STEPS)), 0.0, *_STEPS, 1e3)
 
-#: The key of a trial result that holds its curve (a list of :meth:`CurvePoint.to_dict`).
-CURVE_KEY = "operating_curve"
 CURVE_CSV = "operating_curve.csv"
 CURVE_PNG = "operating_curve.png"
 
@@ -160,22 +157,8 @@ def load_trial_curve(tracking_uri: str, run_id: str) -> list[CurvePoint]:
         raise UsageError(f"--operating-point: run {run_id} has no {CURVE_CSV} (not a DynaLay trial?)")
     # A progress bar per 1-kB file would bury the command's one-line answers on stderr.
     quiet = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}
-    with tempfile.TemporaryDirectory() as directory, _environment(quiet):
+    with tempfile.TemporaryDirectory() as directory, scoped_environment(quiet):
         return read_curve_csv(client.download_artifacts(run_id, CURVE_CSV, directory))
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def plot_curve(curve: Sequence[CurvePoint], path: str | Path, title: str = "") -> Path:

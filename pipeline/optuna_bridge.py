@@ -15,8 +15,9 @@ died:
 * a driver killed between asking Optuna for a configuration and saving Ray Tune's state
   leaves a RUNNING Optuna trial that the restored experiment does not know. The restored
   experiment asks for a replacement trial; :meth:`CrossValidatedOptunaSearch.suggest` hands
-  it that *orphan* (its configuration was already drawn) instead of drawing another, so the
-  study holds exactly the trials Ray Tune runs.
+  it that *orphan* (its configuration was already drawn; if the driver died while drawing it,
+  the rest is drawn then) instead of drawing another, so the study holds exactly the trials
+  Ray Tune runs.
 
 :class:`StudyBudget` keeps the trial budget in the study, so that ``--resume --num-samples``
 can raise it: Ray Tune restores its own count from the saved experiment otherwise.
@@ -36,9 +37,9 @@ from ray.tune.search.optuna import OptunaSearch
 from pipeline.outcome import (
     ERROR,
     FOLD_ACCURACIES,
-    FOLD_FLOPS,
+    FOLD_FLOPS_HISTORY,
     FOLDS_DONE,
-    OBJECTIVES,
+    FoldReport,
     Outcome,
     outcome,
 )
@@ -91,21 +92,22 @@ class CrossValidatedOptunaSearch(OptunaSearch):
     def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         ot_trial = self._ot_trials[trial_id]
         ending = outcome(result, self.folds, errored=error)
-        result = result or {}
-        for key in (FOLD_ACCURACIES, FOLD_FLOPS):
-            if key in result:
-                ot_trial.set_user_attr(key, list(result[key]))
+        report = FoldReport.from_result(result)
+        if report.scored:
+            ot_trial.set_user_attr(FOLD_ACCURACIES, list(report.fold_accuracies))
+            ot_trial.set_user_attr(FOLD_FLOPS_HISTORY, list(report.fold_flops))
         ot_trial.set_user_attr(FOLDS_DONE, ending.folds_done)
         if ending.error:
             ot_trial.set_user_attr(ERROR, ending.error[:500])
-        values = [float(result[m]) for m in OBJECTIVES] if ending.state == "finished" else None
+        values = report.objectives() if ending.state == "finished" else None
         self._ot_study.tell(ot_trial, values, state=_STATES[ending.state], skip_if_finished=True)
 
     def _adoptable_orphan(self) -> optuna.Trial | None:
         """The oldest RUNNING study trial no Ray Tune trial of this searcher holds.
 
-        One whose configuration was not completely drawn (the driver died inside ``ask``)
-        cannot be run; it is failed instead.
+        One whose configuration was not completely drawn (the driver died inside ``ask``) has
+        the rest drawn now, as ``Study.ask(fixed_distributions=...)`` does, so that it runs
+        like any other instead of staying in the study as a trial that MLflow never saw.
         """
         held = {t._trial_id for t in self._ot_trials.values()}
         running = self._ot_study._storage.get_all_trials(
@@ -114,11 +116,11 @@ class CrossValidatedOptunaSearch(OptunaSearch):
         for frozen in sorted(running, key=lambda t: t.number):
             if frozen._trial_id in held:
                 continue
-            if set(frozen.params) >= set(self._space):
-                return optuna.Trial(self._ot_study, frozen._trial_id)
-            fail_trial(
-                self._ot_study._storage, frozen._trial_id, "orphaned: its configuration was never complete"
-            )
+            trial = optuna.Trial(self._ot_study, frozen._trial_id)
+            for name, distribution in self._space.items():
+                if name not in frozen.params:
+                    trial._suggest(name, distribution)
+            return trial
         return None
 
 

@@ -1,17 +1,30 @@
 """Pareto selection over finished trials: the front, its hypervolume, the knee, filters, export.
 
-The two objectives are fixed: maximise ``cv_accuracy``, minimise ``cv_flops`` (FLOPs per
-sample). Only finished trials with finite scores take part; pruned and failed trials are never
-on the front. Everything here works on plain :class:`TrialRecord` values, so it is independent
-of where the records came from (MLflow, an Optuna study, a test).
+The two objectives are fixed (:data:`pipeline.outcome.OBJECTIVES`): maximise ``cv_accuracy``,
+minimise ``cv_flops`` (FLOPs per sample). Only finished trials with finite scores take part;
+pruned and failed trials are never on the front. Everything here works on plain
+:class:`TrialRecord` values, so it is independent of where the records came from (MLflow, an
+Optuna study, a test).
+
+**The hypervolume reference** is one policy, :func:`reference_point`, used by the search's
+MLflow ``hypervolume`` (:func:`search_hypervolume`) and by the benchmarks: the *nadir* of the
+scored trials considered, i.e. their lowest accuracy and :data:`REFERENCE_FLOPS_MARGIN` (1.1) ×
+their highest FLOPs. The margin keeps the costliest front member's area above zero; the
+accuracy has none, so the least accurate trial adds no area (a lone trial's hypervolume is 0),
+and the value measures the trade-off the search found rather than the distance from a useless
+model at accuracy 0. The reference follows the trials: compare hypervolumes under one reference
+(the benchmarks pass the nadir of all their arms' trials), or the final values of searches.
 
 Optuna 5 has the pieces (``optuna.study._multi_objective._is_pareto_front``,
 ``optuna._hypervolume.compute_hypervolume``) but only as private modules or through a
-``Study``; the 2-D versions are a few lines of NumPy, written here to the same recipe.
+``Study`` (``optuna.visualization.plot_hypervolume_history``); none is public API. The 2-D
+versions are a few lines of NumPy, written here to the same recipe and checked against
+Optuna's in the tests.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import operator
 import re
@@ -24,6 +37,7 @@ import numpy as np
 import yaml
 
 from pipeline.errors import UsageError
+from pipeline.outcome import OBJECTIVES
 from pipeline.preflight import check_writable_path
 from pipeline.space import HYPERPARAMETERS
 
@@ -35,7 +49,9 @@ __all__ = [
     "pareto_front",
     "plot_pareto",
     "reference_point",
+    "search_hypervolume",
     "select",
+    "write_front_csv",
 ]
 
 TrialState = Literal["finished", "pruned", "failed"]
@@ -50,8 +66,10 @@ _SEARCH_ONLY_KEYS = frozenset(
 class TrialRecord:
     """One trial of a search, as the Pareto tools need it.
 
-    ``params`` holds the trial's searched hyperparameters. Values read back from MLflow are
-    strings; :func:`select` and :func:`export_configs` turn numeric strings back into numbers.
+    ``cv_accuracy`` and ``cv_flops`` carry the names of :data:`pipeline.outcome.OBJECTIVES`
+    (:func:`select` reads them by those names). ``params`` holds the trial's searched
+    hyperparameters. Values read back from MLflow are strings; :func:`select` and
+    :func:`export_configs` turn numeric strings back into numbers.
     """
 
     trial_id: str
@@ -99,14 +117,33 @@ def pareto_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     return sorted(front, key=lambda r: (r.cv_flops, -r.cv_accuracy, r.trial_id))
 
 
-def reference_point(records: Iterable[TrialRecord], margin: float = 1.1) -> tuple[float, float]:
-    """A hypervolume reference: accuracy 0 and ``margin`` × the highest FLOPs of scored trials.
+#: The factor on the highest FLOPs in the hypervolume reference (see :func:`reference_point`).
+REFERENCE_FLOPS_MARGIN = 1.1
 
-    The reference moves when a costlier trial finishes; for a hypervolume history that is
-    comparable across steps, fix the reference once (e.g. from the space's largest model).
+
+def reference_point(
+    records: Iterable[TrialRecord], margin: float = REFERENCE_FLOPS_MARGIN
+) -> tuple[float, float]:
+    """The hypervolume reference ``(accuracy, flops)``: the nadir of the scored records.
+
+    That is the lowest accuracy and ``margin`` × the highest FLOPs among the records that are
+    :attr:`TrialRecord.scored` (finished, finite); the others are not considered. With no
+    scored record, ``(0.0, 0.0)``, under which every hypervolume is 0.
     """
-    flops = [r.cv_flops for r in records if r.scored]
-    return (0.0, margin * max(flops)) if flops else (0.0, 0.0)
+    scored = [r for r in records if r.scored]
+    if not scored:
+        return (0.0, 0.0)
+    return (
+        min(r.cv_accuracy for r in scored),  # type: ignore[type-var]
+        margin * max(r.cv_flops for r in scored),  # type: ignore[type-var]
+    )
+
+
+def search_hypervolume(records: Iterable[TrialRecord]) -> float:
+    """The hypervolume of the records' front against their :func:`reference_point`."""
+    records = list(records)
+    front = pareto_front(records)
+    return hypervolume([(r.cv_accuracy, r.cv_flops) for r in front], reference_point(records))  # type: ignore[misc]
 
 
 def hypervolume(
@@ -120,8 +157,7 @@ def hypervolume(
 
     Args:
         points: ``(accuracy, flops)`` pairs, e.g. ``[(r.cv_accuracy, r.cv_flops) for r in front]``.
-        reference: ``(accuracy, flops)``: typically ``(0.0, max flops × 1.1)``, see
-            :func:`reference_point`.
+        reference: ``(accuracy, flops)``, see :func:`reference_point`.
     """
     ref_accuracy, ref_flops = reference
     array = np.array([p for p in points], dtype=float).reshape(-1, 2)
@@ -197,11 +233,17 @@ def select(records: Iterable[TrialRecord], expr: str) -> list[TrialRecord]:
 
     Pass :func:`pareto_front`'s result to choose among Pareto-optimal trials only.
 
+    Not MLflow's ``filter_string`` (``MlflowClient.search_runs``): MLflow stores params as
+    strings and compares them only with ``=``, ``!=``, ``LIKE`` and ``ILIKE``, so the numeric
+    hyperparameter clauses this takes (``alpha<0.25``, ``max_iter>15`` on MLflow's string
+    params) cannot be said there, and selection also runs on records that never were MLflow
+    runs (a study, a benchmark).
+
     Raises:
         UsageError: the expression is empty or a clause is malformed or names an unknown field.
     """
     records = list(records)
-    known = {"cv_accuracy", "cv_flops", *HYPERPARAMETERS}
+    known = {*OBJECTIVES, *HYPERPARAMETERS}
     for record in records:
         known.update(record.params)
     clauses = [_parse_clause(text, expr, known) for text in expr.split(",")]
@@ -238,7 +280,7 @@ def _parse_clause(text: str, expr: str, known: set[str]) -> _Clause:
 
 def _matches(record: TrialRecord, clause: _Clause) -> bool:
     name, compare, wanted = clause
-    if name in ("cv_accuracy", "cv_flops"):
+    if name in OBJECTIVES:
         actual = getattr(record, name)
     elif name in record.params:
         actual = _plain(record.params[name])
@@ -329,6 +371,18 @@ def export_configs(
             raise UsageError(f"--export {target}: cannot write ({error.strerror})") from None
         written.append(target)
     return written
+
+
+def write_front_csv(front: Sequence[TrialRecord], path: str | Path) -> Path:
+    """``pareto.csv``: one row per front member, objectives first, then hyperparameters."""
+    names = sorted({k for r in front for k in r.params})
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial_id", *OBJECTIVES, *names])
+        for r in front:
+            writer.writerow([r.trial_id, r.cv_accuracy, r.cv_flops, *(r.params.get(n, "") for n in names)])
+    return path
 
 
 def _numbered(path: Path, trial_id: str) -> Path:

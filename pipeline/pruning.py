@@ -33,7 +33,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.errors import UsageError
-from pipeline.outcome import FOLD_ACCURACIES, FOLD_FLOPS
+from pipeline.outcome import FOLD_ACCURACIES, FOLD_FLOPS_HISTORY
 
 if TYPE_CHECKING:
     import optuna
@@ -123,16 +123,16 @@ def record_fold(trial: optuna.Trial, accuracy: float, flops: float) -> None:
     score the same folds in the same order, so that fold ``j`` scores are paired.
     """
     accuracies = list(trial.user_attrs.get(FOLD_ACCURACIES, []))
-    flops_history = list(trial.user_attrs.get(FOLD_FLOPS, []))
+    flops_history = list(trial.user_attrs.get(FOLD_FLOPS_HISTORY, []))
     trial.set_user_attr(FOLD_ACCURACIES, [*accuracies, float(accuracy)])
-    trial.set_user_attr(FOLD_FLOPS, [*flops_history, float(flops)])
+    trial.set_user_attr(FOLD_FLOPS_HISTORY, [*flops_history, float(flops)])
 
 
 def _history_of(trial: FrozenTrial) -> FoldHistory:
     return FoldHistory(
         str(trial.number),
         list(trial.user_attrs.get(FOLD_ACCURACIES, [])),
-        list(trial.user_attrs.get(FOLD_FLOPS, [])),
+        list(trial.user_attrs.get(FOLD_FLOPS_HISTORY, [])),
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from pipeline.outcome import ERROR, FOLD_ACCURACIES, FOLD_FLOPS, outcome
+from pipeline.outcome import FoldReport, outcome
 from pipeline.pruning import FoldHistory, PruneDecision, make_pruner
 
 
@@ -45,8 +45,9 @@ class FoldPruningScheduler(FIFOScheduler):
             self._record_completion(trial, trial.last_result)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        history = _history(trial.trial_id, result)
-        if history is None or result.get(ERROR) or len(history.accuracies) >= self.folds:
+        report = FoldReport.from_result(result)
+        history = _history(trial.trial_id, report)
+        if history is None or report.error or len(history.accuracies) >= self.folds:
             return TrialScheduler.CONTINUE  # nothing scored yet, failed, or finished
         self._running[trial.trial_id] = history
         decision = self._pruner.should_prune(history, list(self._finished.values()))
@@ -63,7 +64,7 @@ class FoldPruningScheduler(FIFOScheduler):
 
     def _record_completion(self, trial: Trial, result: dict | None) -> None:
         self._running.pop(trial.trial_id, None)
-        history = _history(trial.trial_id, result or {})
+        history = _history(trial.trial_id, FoldReport.from_result(result))
         if history is not None and outcome(result, self.folds).state == "finished":
             self._finished[trial.trial_id] = history
 
@@ -74,8 +75,8 @@ class FoldPruningScheduler(FIFOScheduler):
         )
 
 
-def _history(trial_id: str, result: dict) -> FoldHistory | None:
-    accuracies = result.get(FOLD_ACCURACIES)
-    if not accuracies:
+def _history(trial_id: str, report: FoldReport) -> FoldHistory | None:
+    """The paired fold scores the pruner compares; None before the first fold."""
+    if not report.fold_accuracies:
         return None
-    return FoldHistory(trial_id, list(accuracies), list(result.get(FOLD_FLOPS, [])))
+    return FoldHistory(trial_id, list(report.fold_accuracies), list(report.fold_flops))

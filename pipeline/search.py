@@ -1,6 +1,7 @@
 """The search driver: Ray Tune runs the trials, Optuna proposes them, MLflow records them.
 
-Wiring, in one place:
+Wiring, in one place (:func:`build_tuner`, the seam the benchmarks build their arms with;
+:func:`run_search` adds the MLflow tracker, the search record and the stores' checks):
 
 * :class:`~pipeline.optuna_bridge.CrossValidatedOptunaSearch` (two objectives: maximise
   ``cv_accuracy``, minimise ``cv_flops``) over an Optuna study in RDB storage, so the study
@@ -38,17 +39,24 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from pipeline.environment import scoped_environment
 from pipeline.errors import UsageError
-from pipeline.outcome import DIRECTIONS, ERROR, OBJECTIVES
+from pipeline.outcome import CV_ACCURACY, CV_FLOPS, DIRECTIONS, ERROR, FOLD, OBJECTIVES
 from pipeline.space import SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
+    from ray.tune import Callback, Tuner
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -154,15 +162,9 @@ def run_search(options: SearchOptions) -> SearchOptions:
     """
     from ray import tune
 
-    from pipeline.optuna_bridge import (
-        CrossValidatedOptunaSearch,
-        StudyBudget,
-        StudyLink,
-    )
-    from pipeline.samplers import make_sampler
+    from pipeline.optuna_bridge import StudyLink
     from pipeline.scheduler import FoldPruningScheduler
     from pipeline.tracking import SearchTracker
-    from pipeline.trial import TrialSettings, cv_trial
 
     experiment_dir = options.experiment_dir.resolve()
     requested_budget = options.num_samples
@@ -187,40 +189,19 @@ def run_search(options: SearchOptions) -> SearchOptions:
     study = StudyLink(options.resolved_storage, options.experiment)
     if options.resume and requested_budget is not None:
         _extend_budget(requested_budget, options, study, experiment_dir, state)
-    settings = TrialSettings(
-        dataset=options.space.dataset,
-        model=options.space.model,
-        folds=options.folds,
-        seed=options.seed,
-        data_dir=options.data_dir,
-        fixed=options.space.shared_run_config(),
-        threads=max(1, int(options.cpus_per_trial)),
-    )
-    trainable = tune.with_resources(
-        tune.with_parameters(cv_trial, settings=settings),
-        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
-    )
-    _init_ray(options.address)
+    init_ray(options.address)
 
     if options.resume:
         # Errored trials stay failed: the study was told so, and MLflow mirrors the study.
         tuner = tune.Tuner.restore(
-            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
+            str(experiment_dir),
+            trainable=search_trainable(options),
+            resume_unfinished=True,
+            resume_errored=False,
         )
     else:
         scheduler = FoldPruningScheduler(options.pruner, options.folds)
-        searcher = CrossValidatedOptunaSearch(
-            folds=options.folds,
-            space=options.space.to_optuna(),
-            metric=list(OBJECTIVES),
-            mode=list(DIRECTIONS),
-            sampler=make_sampler(options.sampler, options.seed),
-            study_name=options.experiment,
-            storage=_optuna_storage(options.resolved_storage),
-        )
-        study.set_budget(options.num_samples)
-        if options.max_concurrent:
-            searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
+        searcher = study_searcher(options)
         tracker = SearchTracker(
             queue=_mlflow_queue(options, state["search_id"], experiment_dir),
             settings={**options.space.fixed_settings(), **_search_params(options)},
@@ -230,23 +211,14 @@ def run_search(options: SearchOptions) -> SearchOptions:
             scheduler=scheduler,
             search_name=state["search_id"],
         )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=StudyBudget(searcher), scheduler=scheduler, num_samples=options.num_samples
-            ),
-            run_config=tune.RunConfig(
-                name=options.experiment,
-                storage_path=str(options.run_dir.resolve()),
-                failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                callbacks=[tracker],
-                progress_reporter=_reporter(),
-                verbose=options.verbose,
-            ),
-        )
+        tuner = build_tuner(options, searcher=searcher, scheduler=scheduler, callbacks=[tracker])
         # Only now is there a search to resume; before, a failure leaves the name free.
         _write_search_record(experiment_dir, state)
-    with _Interruption() as interruption, _working_directory(experiment_dir):
+    with (
+        _Interruption() as interruption,
+        _working_directory(experiment_dir),
+        scoped_environment(_TUNE_ENVIRONMENT, keep_set=True),
+    ):
         try:
             tuner.fit()
         except BaseException:
@@ -255,6 +227,150 @@ def run_search(options: SearchOptions) -> SearchOptions:
             raise
     _finish(options, state["search_id"], experiment_dir, study, interruption.signal)
     return options
+
+
+def search_trainable(options: SearchOptions) -> Any:
+    """The search's Ray Tune trainable: :func:`pipeline.trial.cv_trial` with the trial settings
+    ``options`` define (data set, model, folds, seed, the space's fixed part, threads) and
+    ``cpus_per_trial``/``gpus_per_trial`` as its resources."""
+    from ray import tune
+
+    from pipeline.trial import TrialSettings, cv_trial
+
+    settings = TrialSettings(
+        dataset=options.space.dataset,
+        model=options.space.model,
+        folds=options.folds,
+        seed=options.seed,
+        data_dir=options.data_dir,
+        fixed=options.space.shared_run_config(),
+        threads=max(1, int(options.cpus_per_trial)),
+    )
+    return tune.with_resources(
+        tune.with_parameters(cv_trial, settings=settings),
+        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+    )
+
+
+def study_searcher(options: SearchOptions, sampler: optuna.samplers.BaseSampler | None = None) -> Any:
+    """The search's own searcher: :class:`~pipeline.optuna_bridge.CrossValidatedOptunaSearch`
+    over ``options.space`` with the two objectives, in the Optuna study ``options.experiment``
+    at ``options.resolved_storage``, which it creates; the study records ``num_samples`` as the
+    budget a resume starts from.
+
+    Args:
+        options: The search; its storage must be openable (its directory must exist).
+        sampler: Default: ``options.sampler`` seeded with ``options.seed``
+            (:func:`pipeline.samplers.make_sampler`).
+    """
+    from pipeline.optuna_bridge import CrossValidatedOptunaSearch, StudyLink
+    from pipeline.samplers import make_sampler
+
+    searcher = CrossValidatedOptunaSearch(
+        folds=options.folds,
+        space=options.space.to_optuna(),
+        metric=list(OBJECTIVES),
+        mode=list(DIRECTIONS),
+        sampler=sampler if sampler is not None else make_sampler(options.sampler, options.seed),
+        study_name=options.experiment,
+        storage=_optuna_storage(options.resolved_storage),
+    )
+    if options.num_samples is not None:
+        StudyLink(options.resolved_storage, options.experiment).set_budget(options.num_samples)
+    return searcher
+
+
+def build_tuner(
+    options: SearchOptions,
+    *,
+    searcher: Searcher | None = None,
+    scheduler: TrialScheduler | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Tuner:
+    """The Ray Tune ``Tuner`` of a new search, wired as ``dynalay search`` wires it.
+
+    The trainable is :func:`search_trainable`; at most ``options.max_concurrent`` trials run at
+    once; ``num_samples`` trials are drawn; Ray Tune keeps its experiment (the checkpoints
+    and the state :func:`run_search` resumes from) in ``<run_dir>/<experiment>``, and restarts a
+    trial whose worker died up to ``max_failures`` times. :func:`run_search` adds the MLflow
+    tracker as a callback, the search record and the stores' checks, and fits the tuner from
+    the experiment's directory with its signal handling; a benchmark or a notebook calls
+    ``fit()`` on what this returns, from where it is.
+
+    Args:
+        options: The search (``num_samples`` must be set).
+        searcher: A Ray Tune searcher; default :func:`study_searcher` (TPE or
+            ``options.sampler`` over the Optuna study). An Optuna study searcher is wrapped
+            so that a resumed search reads its budget from the study.
+        scheduler: Default: :class:`~pipeline.scheduler.FoldPruningScheduler` with
+            ``options.pruner``, which prunes between folds.
+        callbacks: Ray Tune callbacks, e.g. :class:`~pipeline.tracking.SearchTracker`.
+    """
+    from ray import tune
+
+    from pipeline.optuna_bridge import CrossValidatedOptunaSearch, StudyBudget
+    from pipeline.scheduler import FoldPruningScheduler
+
+    if options.num_samples is None:
+        raise ValueError("build_tuner: options.num_samples is None (a new search needs a budget)")
+    if searcher is None:
+        searcher = study_searcher(options)
+    if scheduler is None:
+        scheduler = FoldPruningScheduler(options.pruner, options.folds)
+    study_backed = isinstance(searcher, CrossValidatedOptunaSearch)
+    if options.max_concurrent:
+        searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
+    return tune.Tuner(
+        search_trainable(options),
+        tune_config=tune.TuneConfig(
+            search_alg=StudyBudget(searcher) if study_backed else searcher,
+            scheduler=scheduler,
+            num_samples=options.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=options.experiment,
+            storage_path=str(options.run_dir.resolve()),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            callbacks=list(callbacks),
+            progress_reporter=_reporter(),
+            verbose=options.verbose,
+        ),
+    )
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Start or join Ray for a search, unless this process already has.
+
+    Args:
+        address: A cluster to join (inside a Ray job, ``RAY_ADDRESS``); None starts a local
+            instance without its dashboard.
+        num_cpus: The local instance's CPUs (default: Ray's, all of them).
+
+    Raises:
+        UsageError: nothing answers at ``address``.
+    """
+    import ray
+
+    from pipeline.preflight import check_ray_address
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # ray.init retries an address nothing answers at forever; refuse it within seconds.
+    check_ray_address(address)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+    except (ConnectionError, RuntimeError) as exc:
+        raise UsageError(f"--address: cannot reach Ray at {address}: {str(exc).splitlines()[0]}") from None
+
 
 
 def _finish(
@@ -298,19 +414,16 @@ class _Interruption:
 
     The first signal asks Ray Tune to stop as its own Ctrl-C handler would (through the SIGUSR1
     handler Ray Tune installs for that): it saves the experiment and returns. A second signal,
-    or one before Ray Tune's loop runs, raises ``KeyboardInterrupt`` at once.
+    or one before Ray Tune's loop runs, raises ``KeyboardInterrupt`` at once. Ray Tune's own
+    SIGINT handler is off meanwhile (see :data:`_TUNE_ENVIRONMENT`).
     """
 
-    _TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signal: int | None = None
 
     def __enter__(self) -> _Interruption:
-        self._env = os.environ.get(self._TUNE_SIGINT)
-        # Ray Tune would take SIGINT for itself and not say it had.
-        os.environ[self._TUNE_SIGINT] = "1"
         self._before_fit = signal.getsignal(signal.SIGUSR1)
         self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
         return self
@@ -318,10 +431,6 @@ class _Interruption:
     def __exit__(self, *exc: object) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
-        if self._env is None:
-            os.environ.pop(self._TUNE_SIGINT, None)
-        else:
-            os.environ[self._TUNE_SIGINT] = self._env
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         tune_stop = signal.getsignal(signal.SIGUSR1)
@@ -336,6 +445,18 @@ class _Interruption:
         # Ray Tune's handler reinstalls the SIGINT handler it found; keep ours for SIGTERM too.
         for each in self._SIGNALS:
             signal.signal(each, self._handle)
+
+
+#: Ray Tune's settings while :func:`run_search` fits (Ray Tune reads them in ``fit()``).
+_TUNE_ENVIRONMENT = {
+    # Ray Tune would take SIGINT for itself and not say it had; _Interruption handles it.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # The progress table of _reporter() (Ray Tune's newer output ignores it).
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Save the experiment state often: a driver killed between saves would otherwise restore
+    # trials that had already ended as still running.
+    "TUNE_GLOBAL_CHECKPOINT_S": "2",
+}
 
 
 @contextmanager
@@ -463,8 +584,9 @@ def _check_stores(options: SearchOptions) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    import pipeline.mlflow_queue  # noqa: F401 - sets MLflow's fail-fast HTTP settings
+    from pipeline.mlflow_queue import fail_fast_http
 
+    fail_fast_http()
     storage = _optuna_storage(options.resolved_storage)
     if options.resume:
         try:
@@ -527,38 +649,14 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Save the experiment state often: a driver killed between saves would otherwise restore
-    # trials that had already ended as still running.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    # Inside a Ray job the cluster's address comes in RAY_ADDRESS.
-    address = address or os.environ.get("RAY_ADDRESS")
-    # ray.init retries an address nothing answers at forever; refuse it within seconds.
-    from pipeline.preflight import check_ray_address
-
-    check_ray_address(address)
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError) as exc:
-        raise UsageError(f"--address: cannot reach Ray at {address}: {str(exc).splitlines()[0]}") from None
-
-
 def _reporter() -> Any:
     from ray import tune
 
     return tune.CLIReporter(
         metric_columns={
-            "fold": "fold",
-            "cv_accuracy": "acc",
-            "cv_flops": "flops",
+            FOLD: "fold",
+            CV_ACCURACY: "acc",
+            CV_FLOPS: "flops",
         },
         parameter_columns=["alpha", "beta", "gamma", "max_iter", "lr"],
         max_report_frequency=15,

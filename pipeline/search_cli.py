@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.cli_types import fold_count, non_negative_float, positive_float, positive_int, seed_value, tcp_port
 from pipeline.errors import UsageError
+from pipeline.outcome import OBJECTIVES
 from pipeline.pruning import PRUNERS
 from pipeline.samplers import SAMPLERS
 
@@ -290,7 +291,7 @@ def jobs_command(args: argparse.Namespace) -> int:
 def format_front(front: list[Any], chosen: list[Any] | None = None) -> str:
     """The front as an aligned table, cheapest first; ``*`` marks chosen rows."""
     names = sorted({k for r in front for k in r.params})
-    header = ["", "trial", "cv_accuracy", "cv_flops", *names]
+    header = ["", "trial", *OBJECTIVES, *names]
     picked = {r.trial_id for r in chosen} if chosen else set()
     rows = [
         ["*" if r.trial_id in picked else "", r.trial_id, f"{r.cv_accuracy:.4f}", f"{r.cv_flops:,.0f}",

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.errors import UsageError
+from pipeline.outcome import CV_ACCURACY, CV_FLOPS, STATE_TAG, TRIAL_ID_TAG
 from pipeline.pareto import TrialRecord
 from pipeline.preflight import unreachable
 
@@ -85,12 +86,12 @@ def load_search(tracking_uri: str, experiment: str) -> SearchRecord:
 def _record(run: Any) -> TrialRecord:
     metrics, tags = run.data.metrics, run.data.tags
     return TrialRecord(
-        trial_id=tags.get("trial_id", run.info.run_id),
+        trial_id=tags.get(TRIAL_ID_TAG, run.info.run_id),
         run_id=run.info.run_id,
         # "running" until the trial ends; never on the front.
-        state=tags.get("state", "running"),
-        cv_accuracy=_finite(metrics.get("cv_accuracy")),
-        cv_flops=_finite(metrics.get("cv_flops")),
+        state=tags.get(STATE_TAG, "running"),
+        cv_accuracy=_finite(metrics.get(CV_ACCURACY)),
+        cv_flops=_finite(metrics.get(CV_FLOPS)),
         params=dict(run.data.params),
     )
 

@@ -1,12 +1,19 @@
 """The search's MLflow data model, written by the Ray Tune driver as trials report.
 
 * One **parent run per search**: the space's fixed settings as params, ``hypervolume`` stepped
-  by finished trials, ``pareto.csv`` and ``pareto.png`` as artifacts.
-* One **nested child run per trial**: its hyperparameters as params; ``fold_accuracy`` and
-  ``fold_flops`` with step = fold index; ``cv_*`` means, mean FPI iterations and action
-  frequencies; tag ``state`` = finished | pruned | failed (with ``pruned_at_fold`` or
-  ``error``); tag ``pareto`` = true on the front; a finished DynaLay trial's operating
-  curve (``pipeline.operating_curve``) as ``operating_curve.csv`` and ``operating_curve.png``.
+  by finished trials (:func:`pipeline.pareto.search_hypervolume`: the front of the trials
+  finished so far against their nadir reference), ``pareto.csv`` and ``pareto.png`` as
+  artifacts.
+* One **nested child run per trial**: its hyperparameters as params; the metrics of each
+  :class:`pipeline.outcome.FoldReport` (``fold_accuracy`` and ``fold_flops`` with step = fold
+  index; ``cv_*`` means, mean FPI iterations and action frequencies); tag ``state`` =
+  finished | pruned | failed, tag ``folds_done`` (how many folds it finished), ``error`` for a
+  failed trial, ``pruned_reason`` for a pruned one, ``resumed_at_fold`` for a restarted one;
+  tag ``pareto`` = true on the front; a finished DynaLay trial's operating curve
+  (``pipeline.operating_curve``) as ``operating_curve.csv`` and ``operating_curve.png``.
+
+The tracker only emits records: the front, the hypervolume and the files are
+:mod:`pipeline.pareto`'s.
 
 Only the driver writes, through :class:`pipeline.mlflow_queue.MlflowQueue`: trials never need
 to reach the tracking server, and a server outage delays writes instead of losing them.
@@ -22,8 +29,6 @@ crash keeps its one run when the resumed search runs it.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import re
 import time
@@ -34,10 +39,22 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from pipeline.mlflow_queue import MlflowQueue
-from pipeline.operating_curve import CURVE_CSV, CURVE_KEY, CURVE_PNG, CurvePoint, plot_curve, write_curve_csv
+from pipeline.operating_curve import CURVE_CSV, CURVE_PNG, CurvePoint, plot_curve, write_curve_csv
 from pipeline.optuna_bridge import TRIAL_NUMBER_KEY, StudyLink, study_outcome
-from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, RESUMED_AT_FOLD, Outcome, outcome
-from pipeline.pareto import TrialRecord, hypervolume, pareto_front, plot_pareto
+from pipeline.outcome import (
+    ERROR,
+    FOLD_ACCURACY,
+    FOLDS_DONE,
+    PARETO_TAG,
+    PRUNED_REASON_TAG,
+    RESUMED_AT_FOLD,
+    STATE_TAG,
+    TRIAL_ID_TAG,
+    FoldReport,
+    Outcome,
+    outcome,
+)
+from pipeline.pareto import TrialRecord, pareto_front, plot_pareto, search_hypervolume, write_front_csv
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +62,6 @@ PARENT = "parent"
 #: The MLflow tag naming a trial run's Optuna trial number.
 TRIAL_NUMBER_TAG = "optuna_trial_number"
 _STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
-# The trial's own scalars (not Ray Tune's bookkeeping such as pid or time_total_s).
-_METRIC_PREFIXES = (
-    "fold_accuracy",
-    "fold_flops",
-    "fold_train_seconds",
-    "cv_",
-    "mean_iterations",
-    "action_freq",
-)
 
 
 class SearchTracker(Callback):
@@ -63,8 +71,8 @@ class SearchTracker(Callback):
         queue: The MLflow writer for this search.
         settings: The search's fixed settings (logged as the parent run's params).
         folds: Folds per trial.
-        run_dir: Where ``pareto.csv``/``pareto.png`` are written before upload, and where the
-            hypervolume reference point is kept so that a resumed search uses the same one.
+        run_dir: Where ``pareto.csv``/``pareto.png`` and the operating curves are written
+            before upload.
         study: The search's Optuna study, read for each trial's ending and linked to the runs.
         scheduler: The pruning scheduler, whose decisions explain each pruned trial.
         search_name: The parent run's name.
@@ -121,20 +129,20 @@ class SearchTracker(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
-        if ERROR in result or FOLD_ACCURACIES not in result:
+        report = FoldReport.from_result(result)
+        if report.error or not report.scored:
             return
         key = run_key(trial)
-        if RESUMED_AT_FOLD in result:
+        if report.resumed_at_fold is not None:
             # A tag, not a fold metric: it must show even when the fold itself is a replay.
-            self.queue.put("set_tags", key, tags={RESUMED_AT_FOLD: str(result[RESUMED_AT_FOLD])})
-        metrics = {k: v for k, v in result.items() if _is_metric(k, v)}
+            self.queue.put("set_tags", key, tags={RESUMED_AT_FOLD: str(report.resumed_at_fold)})
         self.queue.put(
             "log_metrics",
             key,
-            metrics=metrics,
-            step=int(result[FOLD]),
+            metrics=report.metrics(),
+            step=report.fold,
             timestamp_ms=_now(),
-            once_per_step="fold_accuracy",
+            once_per_step=FOLD_ACCURACY,
         )
         self._flush()
 
@@ -174,7 +182,7 @@ class SearchTracker(Callback):
             "create_run",
             key,
             name=f"trial-{trial.trial_id}",
-            tags={"trial_id": trial.trial_id, "state": "running", TRIAL_NUMBER_TAG: str(number)},
+            tags={TRIAL_ID_TAG: trial.trial_id, STATE_TAG: "running", TRIAL_NUMBER_TAG: str(number)},
             parent=PARENT,
         )
         self.queue.put("log_params", key, params=_hyperparameters(trial.config))
@@ -185,17 +193,16 @@ class SearchTracker(Callback):
     def _close(self, trial: Trial, trials: list[Trial], errored: bool) -> None:
         key = run_key(trial)
         ending = self._ending(trial, errored)
-        tags = {"state": ending.state}
+        tags = {STATE_TAG: ending.state, FOLDS_DONE: str(ending.folds_done)}
         if ending.state == "pruned":
-            tags["pruned_at_fold"] = str(ending.folds_done)
             decision = getattr(self.scheduler, "decisions", {}).get(trial.trial_id)
             if decision is not None:
-                tags["pruned_reason"] = decision.reason[:500]
+                tags[PRUNED_REASON_TAG] = decision.reason[:500]
         if ending.state == "failed":
-            tags["error"] = (ending.error or _error_text(trial))[:500]
+            tags[ERROR] = (ending.error or _error_text(trial))[:500]
         self.queue.put("set_tags", key, tags=tags)
         if ending.state == "finished":
-            self._log_operating_curve(key, trial.last_result or {})
+            self._log_operating_curve(key, FoldReport.from_result(trial.last_result))
         self.queue.put("terminate", key, status=_STATUS[ending.state])
         self._update_front(trials)
         self._flush()
@@ -209,11 +216,11 @@ class SearchTracker(Callback):
             ending = None
         return ending or outcome(trial.last_result, self.folds, errored=errored)
 
-    def _log_operating_curve(self, key: str, result: dict[str, Any]) -> None:
+    def _log_operating_curve(self, key: str, report: FoldReport) -> None:
         """A finished DynaLay trial's operating curve (its folds' mean) as CSV and plot."""
-        if not result.get(CURVE_KEY):
+        if not report.operating_curve:
             return
-        curve = [CurvePoint(**point) for point in result[CURVE_KEY]]
+        curve = [CurvePoint(**point) for point in report.operating_curve]
         folder = self.run_dir / "curves" / re.sub(r"[^A-Za-z0-9_.-]", "_", key)
         folder.mkdir(parents=True, exist_ok=True)
         for path in (write_curve_csv(curve, folder / CURVE_CSV), plot_curve(curve, folder / CURVE_PNG, key)):
@@ -230,10 +237,9 @@ class SearchTracker(Callback):
         for record in finished:
             flag = "true" if record.trial_id in on_front else "false"
             if self._pareto_tags.get(record.trial_id) != flag:
-                self.queue.put("set_tags", keys[record.trial_id], tags={"pareto": flag})
+                self.queue.put("set_tags", keys[record.trial_id], tags={PARETO_TAG: flag})
                 self._pareto_tags[record.trial_id] = flag
-        reference = self._reference_flops(finished)
-        volume = hypervolume([(r.cv_accuracy, r.cv_flops) for r in front], (0.0, reference))
+        volume = search_hypervolume(records)
         self.queue.put(
             "log_metrics", PARENT, metrics={"hypervolume": volume}, step=len(finished), timestamp_ms=_now()
         )
@@ -270,15 +276,6 @@ class SearchTracker(Callback):
                 )
             )
         return records
-
-    def _reference_flops(self, finished: list[TrialRecord]) -> float:
-        """The hypervolume's compute bound, fixed by the first finished trials of the search."""
-        path = self.run_dir / "hypervolume_reference.json"
-        if path.exists():
-            return float(json.loads(path.read_text())["flops"])
-        reference = 2.0 * max(r.cv_flops for r in finished)
-        path.write_text(json.dumps({"accuracy": 0.0, "flops": reference}))
-        return reference
 
     def _flush(self) -> None:
         if not self.queue.flush():
@@ -328,7 +325,7 @@ def record_orphans(queue: MlflowQueue, study: StudyLink, reason: str) -> int:
             "create_run",
             key,
             name=key,
-            tags={"trial_id": key, "state": "failed", "error": reason, TRIAL_NUMBER_TAG: str(number)},
+            tags={TRIAL_ID_TAG: key, STATE_TAG: "failed", ERROR: reason, TRIAL_NUMBER_TAG: str(number)},
             parent=PARENT,
         )
         queue.put("log_params", key, params=dict(study_trial.params))
@@ -339,26 +336,8 @@ def record_orphans(queue: MlflowQueue, study: StudyLink, reason: str) -> int:
     return len(orphans)
 
 
-def write_front_csv(front: list[TrialRecord], path: Path) -> None:
-    """``pareto.csv``: one row per front member, objectives first, then hyperparameters."""
-    names = sorted({k for r in front for k in r.params})
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["trial_id", "cv_accuracy", "cv_flops", *names])
-        for r in front:
-            writer.writerow([r.trial_id, r.cv_accuracy, r.cv_flops, *(r.params.get(n, "") for n in names)])
-
-
 def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-def _is_metric(key: str, value: Any) -> bool:
-    return (
-        key.startswith(_METRIC_PREFIXES)
-        and isinstance(value, (int, float))
-        and not isinstance(value, bool)
-    )
 
 
 def _error_text(trial: Trial) -> str:

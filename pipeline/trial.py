@@ -2,9 +2,10 @@
 
 Every trial of a search uses the same seeded folds, so fold scores are paired across trials
 (the Wilcoxon pruner relies on that). Each fold trains from scratch on the other folds and is
-scored on its own held-out part. After each fold the trial reports the fold's accuracy and
-FLOPs per sample with the running means, and checkpoints the fold results: a trial that Ray
-Tune restarts after a worker died resumes at its first unfinished fold.
+scored on its own held-out part. After each fold the trial reports a
+:class:`pipeline.outcome.FoldReport` (the fold's accuracy and FLOPs per sample, the fold
+histories and the running means), and checkpoints the fold results: a trial that Ray Tune
+restarts after a worker died resumes at its first unfinished fold.
 
 A diverging trial (NaN/inf loss or metrics) does not raise — raising would make Ray Tune retry
 it — but reports ``error`` and stops; the search records it as failed.
@@ -18,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ from models.routing import curve_from_table, path_table
 from models.training import DivergenceError, evaluate, fit
 from pipeline.data import load_dataset, training_augmentation
 from pipeline.data.dataset import Dataset
-from pipeline.operating_curve import BIASES, CURVE_KEY, CurvePoint, mean_curve
-from pipeline.outcome import ERROR, FOLD, FOLD_ACCURACIES, FOLD_FLOPS, FOLDS_DONE, RESUMED_AT_FOLD
+from pipeline.operating_curve import BIASES, CurvePoint, mean_curve
+from pipeline.outcome import FoldReport
 from pipeline.run_config import split_run_config
 from pipeline.threads import apply_threads
 
@@ -67,7 +68,6 @@ class TrialSettings:
     data_dir: str | None = None
     #: Run-config keys every trial shares (epochs, batch size, width, ...).
     fixed: dict[str, Any] = field(default_factory=dict)
-    device: str | None = None
     threads: int = 1
 
 
@@ -148,47 +148,30 @@ def fold_curve(model: Any, held_out: TensorPair, device: torch.device) -> list[d
     ]
 
 
-def summarize(done: list[FoldResult]) -> dict[str, float]:
-    """The running cross-validation metrics over the folds done so far."""
-    accuracies = np.array([f.accuracy for f in done])
-    metrics = {
-        "cv_accuracy": float(accuracies.mean()),
-        "cv_accuracy_std": float(accuracies.std()),
-        "cv_flops": float(np.mean([f.flops for f in done])),
-        "cv_time_ms": float(np.mean([f.time_ms for f in done])),
-    }
-    iterations = np.mean([f.mean_iterations for f in done], axis=0)
-    actions = np.mean([f.action_freq for f in done], axis=0)
-    metrics.update({f"mean_iterations_l{i + 1}": float(v) for i, v in enumerate(iterations)})
-    metrics.update({f"action_freq_{a}": float(v) for a, v in enumerate(actions)})
-    return metrics
-
-
-def summarize_curve(done: list[FoldResult]) -> dict[str, Any]:
-    """The trial's operating curve so far (mean over its folds), under :data:`CURVE_KEY`;
-    empty for models without one."""
-    if not done or any(f.curve is None for f in done):
-        return {}
-    curves = [[CurvePoint(**point) for point in f.curve] for f in done]  # type: ignore[union-attr]
-    return {CURVE_KEY: [point.to_dict() for point in mean_curve(curves)]}
-
-
-def fold_report(done: list[FoldResult]) -> dict[str, Any]:
-    """What the trial reports after its last finished fold."""
+def fold_report(done: list[FoldResult]) -> FoldReport:
+    """What the trial reports after its last finished fold: the fold histories and the means
+    over the folds done so far."""
     last = done[-1]
-    return {
-        FOLD: last.fold,
-        FOLDS_DONE: len(done),
-        "fold_accuracy": last.accuracy,
-        "fold_flops": last.flops,
-        "fold_train_seconds": last.train_seconds,
-        # The whole history rides along, so any reader of a trial's last result (the pruning
-        # scheduler after a restore, the Optuna study) has the paired fold scores.
-        FOLD_ACCURACIES: [f.accuracy for f in done],
-        FOLD_FLOPS: [f.flops for f in done],
-        **summarize(done),
-        **summarize_curve(done),
-    }
+    return FoldReport(
+        fold=last.fold,
+        folds_done=len(done),
+        fold_accuracies=tuple(f.accuracy for f in done),
+        fold_flops=tuple(f.flops for f in done),
+        fold_train_seconds=last.train_seconds,
+        cv_time_ms=float(np.mean([f.time_ms for f in done])),
+        mean_iterations=tuple(float(v) for v in np.mean([f.mean_iterations for f in done], axis=0)),
+        action_freq=tuple(float(v) for v in np.mean([f.action_freq for f in done], axis=0)),
+        operating_curve=mean_fold_curve(done),
+    )
+
+
+def mean_fold_curve(done: list[FoldResult]) -> tuple[dict[str, float], ...] | None:
+    """The trial's operating curve so far (the mean over its folds); None for models without
+    one."""
+    if not done or any(f.curve is None for f in done):
+        return None
+    curves = [[CurvePoint(**point) for point in f.curve] for f in done]  # type: ignore[union-attr]
+    return tuple(point.to_dict() for point in mean_curve(curves))
 
 
 def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -196,7 +179,7 @@ def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     from ray import tune
 
     apply_threads(ceiling=max(1, settings.threads))  # cpus_per_trial, less what others use
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = _cached_dataset(settings.dataset, settings.data_dir, settings.seed)
     folds = fold_indices(dataset, settings.folds, settings.seed)
     run_config = {"model": settings.model, "seed": settings.seed, **settings.fixed, **config}
@@ -204,27 +187,27 @@ def cv_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     if len(done) == settings.folds:
         # Restored after its last fold (the driver died before recording the end): report
         # the final result again instead of training anything.
-        tune.report(fold_report(done))
+        tune.report(fold_report(done).to_result())
         return
     # Set on the first report after a restart, so the record shows where the retry resumed.
-    resumed = {RESUMED_AT_FOLD: len(done)} if done else {}
+    resumed_at_fold = len(done) if done else None
     for fold in range(len(done), settings.folds):
         train_index, test_index = folds[fold]
         try:
             done.append(run_fold(dataset, train_index, test_index, run_config, device, fold))
         except DivergenceError as exc:
-            report = fold_report(done) if done else {FOLDS_DONE: len(done)}
-            tune.report({**report, FOLD: fold, ERROR: str(exc)})
+            report = fold_report(done) if done else FoldReport()
+            tune.report(replace(report, fold=fold, error=str(exc)).to_result())
             return
         with tempfile.TemporaryDirectory() as checkpoint_dir:
             Path(checkpoint_dir, FOLD_RESULTS_FILE).write_text(
                 json.dumps([asdict(f) for f in done])
             )
             tune.report(
-                {**fold_report(done), **resumed},
+                replace(fold_report(done), resumed_at_fold=resumed_at_fold).to_result(),
                 checkpoint=tune.Checkpoint.from_directory(checkpoint_dir),
             )
-        resumed = {}
+        resumed_at_fold = None
         if fold == PAUSE_AFTER_FOLD:
             # tune.report returned: the driver has this fold's result and its checkpoint.
             _pause_if_injected(tune.get_context().get_trial_id())

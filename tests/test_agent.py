@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -120,3 +122,67 @@ def test_confidence_router_sends_the_least_confident_samples_within_the_budget()
     assert table.score(actions) == (point.accuracy, point.flops_per_sample, point.fpi_fraction)
     curve = confidence_curve(table, action=1, points=5)
     assert [p.fpi_fraction for p in curve] == pytest.approx([0.0, 0.244, 0.5, 0.756, 1.0], abs=0.01)
+
+
+def test_agent_normalises_activations_but_keeps_the_confidence_level() -> None:
+    from models.agent import AgentNet
+
+    torch.manual_seed(0)
+    agent = AgentNet(10, hidden=8, confidence_dim=4)
+    torch.nn.init.normal_(agent.net[-1].weight)
+    features = torch.randn(5, 10)
+    shifted_activations = features + torch.tensor([1.0] * 6 + [0.0] * 4)
+    shifted_confidence = features + torch.tensor([0.0] * 6 + [1.0] * 4)
+    # a per-sample shift of the activations is what their LayerNorm removes; the confidence
+    # features' level is the information, so it must reach the MLP
+    torch.testing.assert_close(agent(shifted_activations), agent(features))
+    assert not torch.allclose(agent(shifted_confidence), agent(features))
+
+
+def test_confidence_only_agent_reads_the_plain_log_probabilities() -> None:
+    from models import ModelSpec
+
+    with pytest.raises(ValueError, match="agent_activations"):
+        ModelConfig(agent_activations=False)
+    with pytest.raises(ValueError, match="agent_epochs"):
+        ModelConfig(agent_epochs=-1)
+    spec = ModelSpec("image", (1, 8, 8), 10)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=4, agent_hidden=8, agent_confidence=True, agent_activations=False), spec)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    features, hits, cost = model.eval().agent_targets(x, y)
+    plain_logits = model.paths(x).logits[:, 0]
+    expected = plain_logits.log_softmax(dim=-1).topk(4, dim=-1).values
+    torch.testing.assert_close(features, expected)
+    assert hits.shape == (6, 4) and cost.shape == (6, 4) and bool((cost[:, 3] > cost[:, 0]).all())
+
+
+def test_agent_only_phase_trains_the_agent_on_the_frozen_network() -> None:
+    from models import ModelSpec, TensorPair
+
+    spec = ModelSpec("image", (1, 8, 8), 10)
+    g = torch.Generator().manual_seed(0)
+    train = TensorPair(torch.randn(96, 1, 8, 8, generator=g), torch.randint(0, 10, (96,), generator=g))
+    cfg = ModelConfig(width=4, agent_hidden=8, fwd_tol=1e-3, agent_confidence=True, policy_gradient="expected",
+                      reward_cost="flops", reward_hit="probability", beta=0.01)
+    train_cfg = TrainConfig(epochs=1, warmup_epochs=1, batch_size=32, lr=1e-2, seed=0)
+    models, histories = {}, {}
+    for epochs in (0, 5):
+        torch.manual_seed(0)
+        models[epochs] = build_model(ModelConfig(**{**cfg.to_dict(), "agent_epochs": epochs}), spec)
+        histories[epochs] = fit(models[epochs], train, train_cfg, "cpu")
+    assert "agent_reward" not in histories[0][-1]
+    assert math.isfinite(histories[5][-1]["agent_reward"]) and histories[5][-1]["agent_s"] > 0
+    before, after = models[0], models[5]
+    # the phase leaves the network as the epochs left it and changes only the agent
+    for (name, p), q in zip(before.backbone.named_parameters(), after.backbone.parameters()):
+        assert torch.equal(p, q), name
+    assert not all(torch.equal(p, q) for p, q in zip(before.agent.parameters(), after.agent.parameters()))
+
+    def expected_reward(model) -> float:  # the objective the phase maximises, on its own data
+        features, hits, cost = model.eval().agent_targets(train.x, train.y)
+        with torch.no_grad():
+            _, info = model.reinforce.expected(hits, cost, model.agent(features))
+        return info["reward"]
+
+    assert expected_reward(after) > expected_reward(before)

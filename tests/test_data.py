@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.contraction import ContractiveConv
+from models.contraction import ContractiveConv, ContractiveMaxSpread
 from models.fpi import fixed_point_iteration
 from pipeline.data import (
     BatchAugment,
@@ -545,16 +545,12 @@ def test_fashion_mnist_reads_the_installed_release() -> None:
 # ---------------------------------------------------------------------------------------- maze
 
 
-def _flood_steps(
-    open_cells: np.ndarray, start: tuple[int, int], goal: tuple[int, int]
-) -> int | None:
-    """Steps of a 4-neighbour flood from ``start`` until it covers ``goal``; None if it never
-    does. Written independently of the generator (plain dilation, no graph library)."""
+def _flood(open_cells: np.ndarray, start: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """The cells a 4-neighbour flood from ``start`` covers, and the steps it takes to stop
+    growing. Written independently of the generator (plain dilation, no graph library)."""
     reached = np.zeros_like(open_cells)
     reached[start] = True
     for step in range(open_cells.size):
-        if reached[goal]:
-            return step
         grown = reached.copy()
         grown[1:] |= reached[:-1]
         grown[:-1] |= reached[1:]
@@ -562,9 +558,18 @@ def _flood_steps(
         grown[:, :-1] |= reached[:, 1:]
         grown &= open_cells
         if (grown == reached).all():
-            return None
+            return reached, step
         reached = grown
-    return None
+    raise AssertionError("unreachable: a flood stops growing within the grid's size")
+
+
+def _open_neighbours(open_cells: np.ndarray) -> np.ndarray:
+    padded = np.pad(open_cells, 1).astype(int)
+    return padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+
+
+def _maze_cells(dataset: Dataset) -> np.ndarray:
+    return dataset.test.x[:, :, ::CELL_PIXELS, ::CELL_PIXELS].numpy() > 0.5  # one pixel per cell
 
 
 def test_maze_is_generated_from_the_seed() -> None:
@@ -574,67 +579,90 @@ def test_maze_is_generated_from_the_seed() -> None:
     assert first.train.x.shape == (30, 3, 32, 32) and first.test.x.dtype == torch.float32
     assert torch.equal(first.train.x, again.train.x) and torch.equal(first.test.y, again.test.y)
     assert not torch.equal(first.train.x, other.train.x)
+    small = make_maze(n_train=5, n_test=5, size=10, max_length=12, seed=0)
+    assert small.spec.input_shape == (3, 20, 20)
+    assert small.difficulty_test is not None and small.difficulty_test.max() <= 12
 
 
-def test_maze_label_is_connectivity_and_difficulty_the_manhattan_distance() -> None:
+def test_maze_label_is_whether_the_start_path_ends_at_the_goal() -> None:
     dataset = make_maze(n_train=10, n_test=80, seed=1)
     assert dataset.difficulty_test is not None
-    images = dataset.test.x[:, :, ::CELL_PIXELS, ::CELL_PIXELS].numpy()  # one pixel per cell
-    # Every cell is a uniform 2×2 block of {0, 1}.
     blocks = dataset.test.x.numpy().reshape(80, 3, 16, 2, 16, 2)
-    assert np.isin(blocks, (0.0, 1.0)).all() and (blocks == images[:, :, :, None, :, None]).all()
+    cells = _maze_cells(dataset)
+    assert np.isin(blocks, (0.0, 1.0)).all() and (blocks == cells[:, :, :, None, :, None]).all()
     labels = dataset.test.y.numpy()
     assert 0.3 < labels.mean() < 0.7
-    for image, label, difficulty in zip(images, labels, dataset.difficulty_test.tolist()):
-        walls, start_mark, goal_mark = image > 0.5
+    for (walls, start_mark, goal_mark), label, length in zip(cells, labels, dataset.difficulty_test.tolist()):
         assert walls[[0, -1]].all() and walls[:, [0, -1]].all()  # a walled border
         (start,), (goal,) = np.argwhere(start_mark), np.argwhere(goal_mark)
-        assert not walls[tuple(start)] and not walls[tuple(goal)]
-        assert difficulty == np.abs(start - goal).sum()
-        steps = _flood_steps(~walls, tuple(start), tuple(goal))
-        assert label == (steps is not None)
-        # No flood reaches the goal in fewer steps than the difficulty.
-        assert steps is None or steps >= difficulty
+        open_cells = ~walls
+        # The open cells are chains one cell wide: two paths, each with two ends.
+        neighbours = _open_neighbours(open_cells)[open_cells]
+        assert neighbours.max() <= 2 and (neighbours == 1).sum() == 4
+        assert _open_neighbours(open_cells)[tuple(start)] == 1
+        assert _open_neighbours(open_cells)[tuple(goal)] == 1
+        path, steps = _flood(open_cells, tuple(start))
+        assert label == path[tuple(goal)]
+        assert steps == length  # the difficulty: the steps a flood needs to cover the path
+        assert path.sum() == length + 1
+        other, _ = _flood(open_cells & ~path, tuple(np.argwhere(open_cells & ~path)[0]))
+        assert (other | path).sum() == open_cells.sum()  # exactly two paths
 
 
 def test_maze_difficulty_spreads_alike_over_both_labels() -> None:
     dataset = make_maze(n_train=10, n_test=400, seed=2)
     assert dataset.difficulty_test is not None
     difficulty, labels = dataset.difficulty_test.numpy(), dataset.test.y.numpy()
-    assert difficulty.min() >= 2 and difficulty.max() <= 20
+    assert difficulty.min() >= 2 and difficulty.max() <= 32
     medians = [np.median(difficulty[labels == label]) for label in (0, 1)]
     assert abs(medians[0] - medians[1]) <= 2
 
 
-def test_maze_is_solved_by_a_contractive_fixed_point_flood_and_not_in_fewer_steps() -> None:
-    """The FPI layer's own form z ← relu(u + s(z)), with a hand-set positive state path of
-    guaranteed norm 0.99, floods from the start: at its fixed point the goal is positive exactly
-    when connected, and no iterate reaches the goal in fewer steps than the difficulty."""
+def _hand_set_flood(dataset: Dataset, state: ContractiveConv, activation, **solve: float):
+    """The FPI layer's form z ← φ(u + s(z)) seeded at the start, walls at −1e3."""
+    cells = torch.from_numpy(_maze_cells(dataset).astype(np.float32))
+    walls, start = cells[:, 0:1], cells[:, 1:2]
+    u = start - 1e3 * walls
+    weight = state.effective_weight((16, 16))
+
+    def flood(z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        return activation(injection + state.apply_weight(z, weight))
+
+    with torch.no_grad():
+        return fixed_point_iteration(flood, u, activation(u), **solve), cells[:, 2:3]
+
+
+def test_maze_is_solved_by_a_max_norm_flood_in_as_many_steps_as_the_difficulty() -> None:
+    """ContractiveMaxSpread (the backbone's `max` state path) with W = 1 at norm 0.99, and ReLU
+    capped at 1 so that the source saturates at once, floods the start's path: at its fixed
+    point the goal reads 0.99^L when the label is 1 and exactly 0 when it is 0, and each solve
+    stops after exactly L + 1 applications."""
     dataset = make_maze(n_train=1, n_test=80, seed=1)
     assert dataset.difficulty_test is not None
-    cells = dataset.test.x[:, :, ::CELL_PIXELS, ::CELL_PIXELS]
-    walls, start, goal = cells[:, 0:1], cells[:, 1:2], cells[:, 2:3]
+    state = ContractiveMaxSpread(1, contraction=0.99)
+    with torch.no_grad():
+        state.weight.fill_(1.0)
+        state.gain.fill_(30.0)
+    fixed, goal = _hand_set_flood(dataset, state, torch.nn.Hardtanh(0.0, 1.0), tol=1e-6, max_iter=100)
+    assert bool(fixed.converged.all())
+    at_goal = (fixed.z * goal).flatten(1).sum(dim=1)
+    torch.testing.assert_close(at_goal, dataset.test.y * 0.99 ** dataset.difficulty_test)
+    assert torch.equal(fixed.iterations, dataset.difficulty_test.long() + 1)
+
+
+def test_maze_signal_drowns_under_a_linear_l2_contractive_flood() -> None:
+    """The 3×3 ContractiveConv (L2 norm 0.99) spreading to the 4 neighbours passes on about c/4
+    per step along a chain one cell wide: long paths leave nothing a readout could use."""
+    dataset = make_maze(n_train=1, n_test=80, seed=1)
+    assert dataset.difficulty_test is not None
     state = ContractiveConv(1, 3, contraction=0.99)
     with torch.no_grad():
         state.weight.copy_(torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
-        weight = state.effective_weight((16, 16))
-        u = start - 1e3 * walls
-
-        def flood(z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-            return torch.relu(injection + state.apply_weight(z, weight))
-
-        z = torch.relu(u)
-        for step in range(1, 21):
-            z = flood(z, u)
-            reached = (z * goal).flatten(1).sum(dim=1) > 0
-            assert not (reached & (dataset.difficulty_test > step)).any()
-        fixed = fixed_point_iteration(flood, u, torch.relu(u), tol=1e-6, max_iter=400)
-    assert bool(fixed.converged.all())
+        state.gain.fill_(30.0)
+    fixed, goal = _hand_set_flood(dataset, state, torch.relu, tol=1e-9, max_iter=400)
     at_goal = (fixed.z * goal).flatten(1).sum(dim=1)
-    # Far goals get a signal that shrinks geometrically with distance (it may underflow to 0).
-    near = dataset.difficulty_test <= 14
-    assert torch.equal((at_goal[near] > 0).long(), dataset.test.y[near])
-    assert (at_goal[dataset.test.y == 0] == 0).all()
+    long_connected = (dataset.difficulty_test >= 16) & (dataset.test.y == 1)
+    assert bool(long_connected.any()) and float(at_goal[long_connected].max()) < 1e-6
 
 
 # ------------------------------------------------------------------------------- augmentation

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from models.backbones import LSTMInjection
-from models.contraction import ContractiveConv, circular_norm_bound, tap_norm_bound
+from models.contraction import (
+    ContractiveConv,
+    ContractiveMaxSpread,
+    circular_norm_bound,
+    max_row_sum,
+    tap_norm_bound,
+)
 from models.fpi import FPILayer, fixed_point_iteration
 
 torch.set_num_threads(1)
@@ -17,6 +23,16 @@ def conv_layer(channels: int = 4, contraction: float | None = 0.9, **options: ob
     inject = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.GroupNorm(2, channels))
     state = ContractiveConv(channels, 3, spatial_dims=2, contraction=contraction)
     return FPILayer(inject, state, nn.ReLU(), **options)  # type: ignore[arg-type]
+
+
+def max_layer(channels: int = 4, contraction: float | None = 0.9, **options: object) -> FPILayer:
+    """An image layer with the max-norm state path and ReLU capped at 1, its weight mixed at
+    random (not the identity it starts from), so that every channel feeds every other."""
+    inject = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.GroupNorm(2, channels))
+    state = ContractiveMaxSpread(channels, contraction=contraction)
+    with torch.no_grad():
+        state.weight.normal_()
+    return FPILayer(inject, state, nn.Hardtanh(0.0, 1.0), **options)  # type: ignore[arg-type]
 
 
 def lstm_layer(hidden: int = 6, contraction: float | None = 0.9, **options: object) -> FPILayer:
@@ -51,14 +67,23 @@ def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 EXACT = dict(tol=1e-13, max_iter=1000, bwd_tol=1e-13)
 
 
-@pytest.mark.parametrize("make_layer, make_input", [(conv_layer, conv_input), (lstm_layer, lstm_input)])
-def test_implicit_gradient_matches_unrolled_iterations(make_layer, make_input) -> None:
+def exact_layer_and_probe(make_layer, make_input, gain: float | None = None):
+    """A float64 layer solved to 1e-13, its input and a random cotangent for its output."""
     torch.manual_seed(0)
     layer = make_layer(**EXACT).double()
+    if gain is not None:
+        with torch.no_grad():
+            layer.state.gain.fill_(gain)
     x = make_input(1).double()
     with torch.no_grad():
         probe = torch.randn_like(layer(x).z)
+    return layer, x, probe
 
+
+@pytest.mark.parametrize("make_layer, make_input",
+                         [(conv_layer, conv_input), (max_layer, conv_input), (lstm_layer, lstm_input)])
+def test_implicit_gradient_matches_unrolled_iterations(make_layer, make_input) -> None:
+    layer, x, probe = exact_layer_and_probe(make_layer, make_input)
     layer.backward_mode = "unroll"
     truth = gradients(layer, x, probe)
     layer.backward_mode = "implicit"
@@ -172,6 +197,41 @@ def test_circular_bound_of_a_known_convolution() -> None:
     assert float(circular_norm_bound(alternating, (47,))) < 3.0
 
 
+@pytest.mark.parametrize("seed, gain", [(0, 2.0), (1, 30.0), (2, -1.0)])
+def test_max_spread_layer_is_a_contraction_in_the_max_norm(seed: int, gain: float) -> None:
+    """‖f(z) − f(z')‖∞ ≤ c·σ(g)·‖z − z'‖∞ for the whole layer map, on pairs drawn far apart and
+    close together, with a weight scaled and offset (the bound rescales any weight)."""
+    torch.manual_seed(seed)
+    layer = max_layer(channels=6, contraction=0.9).double()
+    with torch.no_grad():
+        layer.state.weight.mul_(7.0).add_(0.3)
+        layer.state.gain.fill_(gain)
+        bound = layer.state.norm_bound((6, 6))
+        assert bound == pytest.approx(0.9 * float(torch.sigmoid(torch.tensor(gain)))) and bound < 0.9
+        weight = layer.state.effective_weight((6, 6))
+        assert float(max_row_sum(weight)) == pytest.approx(bound)
+        u = layer.inject(conv_input(seed, batch=64).double())
+        z = 3 * torch.randn_like(u)
+        for scale in (3.0, 1e-3):
+            other = z + scale * torch.randn_like(u)
+            gap = (layer.f(z, u, weight) - layer.f(other, u, weight)).flatten(1).abs().amax(dim=1)
+            assert bool((gap <= bound * (z - other).flatten(1).abs().amax(dim=1) * (1 + 1e-12)).all())
+
+
+def test_max_spread_is_the_neighbourhood_maximum_of_the_mix() -> None:
+    state = ContractiveMaxSpread(1, contraction=None)
+    with torch.no_grad():
+        state.weight.fill_(2.0)
+    z = torch.zeros(1, 1, 3, 4)
+    z[0, 0, 1, 1] = 1.0
+    z[0, 0, 0, 3] = -5.0
+    expected = torch.tensor([[0.0, 2.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    expected[0, 3] = 0.0  # its neighbours' 0 beats its own −10; the border adds nothing
+    torch.testing.assert_close(state(z)[0, 0], expected)
+    corner = torch.full((1, 1, 2, 2), -1.0)
+    torch.testing.assert_close(state(corner), torch.full((1, 1, 2, 2), -2.0))  # no 0 padding
+
+
 def test_iterations_are_per_sample_and_match_solving_alone() -> None:
     torch.manual_seed(0)
     layer = conv_layer(tol=1e-6, max_iter=100)
@@ -222,3 +282,121 @@ def test_plain_layer_is_f_at_zero() -> None:
     with torch.no_grad():
         plain, u = layer.plain(x)
         torch.testing.assert_close(layer.f(torch.zeros_like(plain), u), plain)
+
+
+# -- the Anderson solver and the phantom backward ------------------------------------------------
+
+
+@pytest.mark.parametrize("make_layer, make_input", [(conv_layer, conv_input), (lstm_layer, lstm_input)])
+def test_anderson_reaches_the_same_fixed_point_per_sample(make_layer, make_input) -> None:
+    torch.manual_seed(0)
+    layer = make_layer(tol=1e-10, max_iter=400).double()
+    with torch.no_grad():
+        layer.state.gain.fill_(8.0)  # contraction ≈ 0.9: slow plain iteration
+        x = make_input(2, batch=6).double()
+        x[1] = 0.0  # stops at a different step than its neighbours
+        plain = layer(x)
+        layer.solver = "anderson"
+        accelerated = layer(x)
+        alone = [layer(x[i : i + 1]) for i in range(x.shape[0])]
+    assert bool(accelerated.converged.all()) and bool((accelerated.residuals <= 1e-10).all())
+    torch.testing.assert_close(accelerated.z, plain.z, rtol=1e-8, atol=1e-9)
+    # per-sample stopping: a sample's solve does not depend on its batch-mates
+    assert torch.equal(accelerated.iterations, torch.cat([fp.iterations for fp in alone]))
+    torch.testing.assert_close(accelerated.z, torch.cat([fp.z for fp in alone]))
+    assert int(accelerated.iterations.sum()) < int(plain.iterations.sum())
+
+
+def test_anderson_records_max_iter_like_the_plain_iteration() -> None:
+    torch.manual_seed(0)
+    layer = conv_layer(contraction=None, tol=1e-5, max_iter=7, solver="anderson")
+    with torch.no_grad():
+        layer.state.weight.mul_(20.0)
+        fp = layer(conv_input(0, batch=3))
+    assert torch.equal(fp.iterations, torch.full((3,), 7))
+    assert not bool(fp.converged.any()) and bool(torch.isfinite(fp.z).all())
+
+
+@pytest.mark.parametrize("make_layer, make_input", [(conv_layer, conv_input), (lstm_layer, lstm_input)])
+def test_phantom_gradient_interpolates_between_jfb_and_implicit(make_layer, make_input) -> None:
+    layer, x, probe = exact_layer_and_probe(make_layer, make_input, gain=8.0)
+    layer.backward_mode = "implicit"
+    truth = gradients(layer, x, probe)
+    layer.backward_mode = "jfb"
+    jfb = gradients(layer, x, probe)
+    layer.backward_mode = "phantom"
+    errors = []
+    for steps in (1, 3, 10):
+        layer.phantom_steps = steps
+        phantom = gradients(layer, x, probe)
+        if steps == 1:
+            assert relative_error(phantom, jfb) < 1e-12  # k = 1 is Jacobian-free backprop
+        errors.append(relative_error(phantom, truth))
+    layer.phantom_steps = 400
+    assert relative_error(gradients(layer, x, probe), truth) < 1e-6  # the full Neumann series
+    assert errors[0] > errors[1] > errors[2]  # each product removes a power of J
+
+
+def test_phantom_equals_unrolling_k_steps_from_the_fixed_point() -> None:
+    """TorchDEQ's unrolled phantom gradient (τ = 1): autograd through k applications of f from
+    z* (detached); ours computes it as k − 1 adjoint products."""
+    torch.manual_seed(0)
+    layer = conv_layer(**EXACT).double()
+    x = conv_input(4).double().requires_grad_()
+    with torch.no_grad():
+        z_star = layer(x).z
+        probe = torch.randn_like(z_star)
+    steps = 4
+    u = layer.inject(x)
+    z = z_star
+    for _ in range(steps):
+        z = layer.f(z, u)
+    layer.zero_grad(set_to_none=True)
+    (z * probe).sum().backward()
+    unrolled = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
+    layer.backward_mode, layer.phantom_steps = "phantom", steps
+    assert relative_error(gradients(layer, x.detach(), probe), unrolled) < 1e-9
+
+
+def test_unknown_solver_and_backward_are_refused() -> None:
+    with pytest.raises(ValueError, match="solver='newton'"):
+        conv_layer(solver="newton")
+    with pytest.raises(ValueError, match="backward='neumann'"):
+        conv_layer(backward="neumann")
+    with pytest.raises(ValueError, match="phantom_steps"):
+        conv_layer(phantom_steps=0)
+
+
+def test_model_config_passes_solver_and_backward_to_every_fpi_layer() -> None:
+    from models import ModelConfig, ModelSpec, build_model
+
+    cfg = ModelConfig(kind="fpi3", width=4, solver="anderson", backward="phantom", phantom_steps=2)
+    model = build_model(cfg, ModelSpec("image", (1, 8, 8), 10))
+    layers = list(model.backbone.layers)
+    assert [(l.solver, l.backward_mode, l.phantom_steps) for l in layers] == [("anderson", "phantom", 2)] * 3
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="solver"):
+        ModelConfig(solver="broyden")
+
+
+def test_state_path_form_is_chosen_by_the_model_config() -> None:
+    from models import ModelConfig
+    from models.config import ModelSpec
+    from models.contraction import contractive_state
+    from models.factory import build_backbone
+
+    image = ModelSpec(task="image", input_shape=(3, 16, 16), num_classes=2)
+    backbone = build_backbone(ModelConfig(width=8, state_path="max", contraction=0.99), image)
+    states = [layer.state for layer in backbone.layers]
+    assert isinstance(states[0], ContractiveMaxSpread)  # the flood at cell resolution only
+    assert not any(isinstance(state, ContractiveMaxSpread) for state in states[1:])
+    assert all(state.norm_bound((4, 4)) < 0.99 for state in states)
+    plain = build_backbone(ModelConfig(width=8), image)
+    assert not any(isinstance(layer.state, ContractiveMaxSpread) for layer in plain.layers)
+    with pytest.raises(ValueError, match="state_path"):
+        ModelConfig(state_path="diagonal")
+    with pytest.raises(ValueError, match="state path 'diagonal'"):
+        contractive_state("diagonal", 4, contraction=0.9)
+    text = ModelSpec(task="sequence", input_shape=(5,), num_classes=2, vocab_size=7)
+    with pytest.raises(ValueError, match="state_path='max' is for image backbones"):
+        build_backbone(ModelConfig(state_path="max"), text)

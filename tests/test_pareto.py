@@ -17,7 +17,9 @@ from pipeline.pareto import (
     pareto_front,
     plot_pareto,
     reference_point,
+    search_hypervolume,
     select,
+    write_front_csv,
 )
 
 
@@ -93,13 +95,48 @@ def test_hypervolume_hand_computed() -> None:
 def test_hypervolume_of_records_with_reference_point() -> None:
     front = pareto_front(RECORDS)
     ref = reference_point(RECORDS)
-    assert ref == (0.0, pytest.approx(4.4e5))
+    # The nadir of the finished trials: a's accuracy, 1.1 x d's FLOPs (e is pruned, f failed).
+    assert ref == (0.80, pytest.approx(4.4e5))
     hv = hypervolume([(r.cv_accuracy, r.cv_flops) for r in front], ref)
-    # a: [1e5, 2e5) x 0.80, b: [2e5, 4e5) x 0.90, d: [4e5, 4.4e5) x 0.95.
-    assert hv == pytest.approx(1e5 * 0.80 + 2e5 * 0.90 + 0.4e5 * 0.95)
+    # a: no height above the reference, b: [2e5, 4e5) x 0.10, d: [4e5, 4.4e5) x 0.15.
+    assert hv == pytest.approx(2e5 * 0.10 + 0.4e5 * 0.15)
+    assert search_hypervolume(RECORDS) == pytest.approx(hv)
     # Dominated and pruned points do not change it (the pruned one is not passed).
     every_finished = [(r.cv_accuracy, r.cv_flops) for r in RECORDS if r.state == "finished"]
     assert hypervolume(every_finished, ref) == pytest.approx(hv)
+
+
+def test_reference_point_without_scored_trials_gives_zero_volume() -> None:
+    unscored = [rec("e", 0.99, 0.5e5, state="pruned"), rec("f", None, None, state="failed")]
+    assert reference_point(unscored) == (0.0, 0.0)
+    assert search_hypervolume(unscored) == 0.0
+    # One finished trial is its own nadir in accuracy: it encloses no area.
+    assert search_hypervolume([rec("a", 0.8, 1e5)]) == 0.0
+
+
+def test_hypervolume_agrees_with_optunas() -> None:
+    # Optuna's implementation is private (optuna._hypervolume); it checks ours, in Optuna's
+    # minimisation form (-accuracy, flops).
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 5, 40):
+        points = np.column_stack([rng.uniform(0.5, 1.0, size), rng.uniform(1e4, 1e6, size)])
+        reference = (0.45, 1.2e6)
+        ours = hypervolume([tuple(p) for p in points], reference)
+        theirs = compute_hypervolume(
+            np.column_stack([-points[:, 0], points[:, 1]]),
+            np.array([-reference[0], reference[1]]),
+        )
+        assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+def test_front_csv_has_objectives_then_hyperparameters(tmp_path: Path) -> None:
+    path = write_front_csv(pareto_front(RECORDS), tmp_path / "pareto.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "trial_id,cv_accuracy,cv_flops,alpha,max_iter"
+    assert lines[1] == "a,0.8,100000.0,0.5,5"
+    assert len(lines) == 1 + 3
 
 
 def test_knee() -> None:

@@ -3,6 +3,7 @@ Optuna RDB storage: the data model, the front, failure, export, and resume."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,11 +80,12 @@ def test_parent_and_nested_runs_hold_the_data_model(finished_search: tuple[Path,
         assert steps == sorted(set(steps)), "a fold was logged twice"
         if trial.state == "finished":
             assert steps == [0, 1, 2]
+            assert run.data.tags["folds_done"] == "3"
             for metric in (*FOLD_METRICS, *TRIAL_METRICS):
                 assert metric in run.data.metrics, metric
             assert run.data.tags.get("pareto") in ("true", "false")
         if trial.state == "pruned":
-            assert int(run.data.tags["pruned_at_fold"]) == len(steps) < 3
+            assert int(run.data.tags["folds_done"]) == len(steps) < 3
             assert "pareto" not in run.data.tags or run.data.tags["pareto"] == "false"
 
 
@@ -259,3 +261,65 @@ def _wait_for_finished_trials(
 
 def _tag(run_dir: Path, run_id: str, tag: str) -> str | None:
     return MlflowClient(tracking_uri(run_dir)).get_run(run_id).data.tags.get(tag)
+
+
+# The seam benchmarks use, run in its own process (a Ray driver of its own): the scheduler and
+# a callback injected, the searcher left at the search's Optuna study.
+BUILD_TUNER_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from pipeline.outcome import outcome
+from pipeline.search import SearchOptions, build_tuner, init_ray
+from pipeline.space import load_space
+
+run_dir, space = Path(sys.argv[1]), load_space(sys.argv[2])
+
+
+class StopAfterFirstFold(FIFOScheduler):
+    def on_trial_result(self, tune_controller, trial, result):
+        return TrialScheduler.STOP
+
+
+class Ended(tune.Callback):
+    def __init__(self):
+        self.endings = []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        ending = outcome(trial.last_result, space.folds)
+        self.endings.append([ending.state, ending.folds_done])
+
+
+ended = Ended()
+options = SearchOptions(space=space, experiment="seam", run_dir=run_dir, num_samples=2,
+                        folds=space.folds, max_concurrent=2, verbose=0)
+init_ray(num_cpus=2)
+cwd, environment = os.getcwd(), dict(os.environ)
+build_tuner(options, scheduler=StopAfterFirstFold(), callbacks=[ended]).fit()
+changed = sorted(k for k in set(os.environ) | set(environment) if os.environ.get(k) != environment.get(k))
+print(json.dumps({"endings": ended.endings, "cwd_kept": os.getcwd() == cwd, "changed": changed,
+                  "files": sorted(p.name for p in run_dir.iterdir())}))
+"""
+
+
+def test_build_tuner_takes_an_injected_scheduler_and_callbacks_and_keeps_the_process_as_is(
+    tmp_path: Path,
+) -> None:
+    space = write_space(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD_TUNER_SCRIPT, str(tmp_path), str(space)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["endings"] == [["pruned", 1], ["pruned", 1]]
+    # Libraries imported during fit() may set their own variables; Ray's and Ray Tune's stay.
+    assert seen["cwd_kept"]
+    assert not [name for name in seen["changed"] if name.startswith(("RAY_", "TUNE_"))], seen["changed"]
+    # The study searcher is the default; MLflow is run_search's (a callback it adds), not the seam's.
+    assert "optuna.db" in seen["files"] and "mlflow.db" not in seen["files"]
+    study = study_of(tmp_path, "seam")
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2

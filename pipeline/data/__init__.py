@@ -15,7 +15,7 @@ name               read from                                                    
 ``synthetic``      generated from the seed, per-sample difficulty known           ``sequence``
 ``fashion_mnist``  the four IDX ``*-ubyte.gz`` of Debian's dataset-fashion-mnist  ``image``
 ``mnist``          the four IDX ``*-ubyte[.gz]`` files in ``data_dir``            ``image``
-``maze``           generated from the seed: are two marked grid cells connected?  ``image``
+``maze``           generated from the seed: do the two marks share one path?      ``image``
 =================  =============================================================  ==================
 
 File-based sets are read from ``data_dir``; every problem with the name, the folder or the files
