@@ -456,6 +456,9 @@ _TUNE_ENVIRONMENT = {
     # Save the experiment state often: a driver killed between saves would otherwise restore
     # trials that had already ended as still running.
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    # MLflow is the record of every trial; Tune's own CSV/JSON/TensorBoard files would repeat it
+    # (and TensorBoard warns about the operating curve, a list, on every search).
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 
