@@ -9,15 +9,11 @@ every node must already have the dependencies and the ``dynalay`` command (the l
 ``cluster/local.sh`` shares this checkout's venv; a cloud image installs the package).
 
 Every function takes the address of the Ray dashboard (``http://HEAD:8265``; ``HEAD:8265`` is
-read as http). Ray token authentication is Ray's: with ``RAY_AUTH_MODE=token`` in the
-environment, ``JobSubmissionClient`` sends the token it finds in ``RAY_AUTH_TOKEN``, the file
-``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (``eval "$(cluster/local.sh env)"`` sets both
-variables for the local cluster); an ``auth_token`` argument is sent instead when given. Ray
-reads its authentication mode once per process. What this module adds to Ray's client: the
-search's arguments made meaningful inside the job (:func:`localize_search_args`), the job's
-runtime environment, following a job to its end, and one-line errors: an unreachable address,
-a missing or refused token or an unknown job id raises :class:`~pipeline.errors.UsageError`
-with one line; a followed job that ends FAILED or STOPPED raises :class:`JobFailedError`.
+read as http). Clusters with Ray token authentication (``RAY_AUTH_MODE=token``) get the token
+in an ``Authorization: Bearer`` header; see :func:`resolve_auth_token` for where it is read.
+An unreachable address, a refused token or an unknown job id raises
+:class:`~pipeline.errors.UsageError` with one line; a followed job that ends FAILED or STOPPED
+raises :class:`JobFailedError`.
 """
 
 from __future__ import annotations
@@ -46,6 +42,7 @@ __all__ = [
     "job_logs",
     "job_status",
     "localize_search_args",
+    "resolve_auth_token",
     "search_entrypoint",
     "stop_job",
     "submit_entrypoint",
@@ -255,36 +252,53 @@ def _job_message(address: str, job_id: str, auth_token: str | None) -> str:
 # ------------------------------------------------------------------------------ auth and client
 
 
+def resolve_auth_token(explicit: str | None = None) -> str | None:
+    """The Ray auth token to send, or None; the first of:
+
+    ``explicit``; ``$RAY_AUTH_TOKEN``; the file ``$RAY_AUTH_TOKEN_PATH``; ``~/.ray/auth_token``
+    when ``RAY_AUTH_MODE=token``. This is Ray's own order; unlike Ray's client, a token given
+    through ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` is sent even without ``RAY_AUTH_MODE``,
+    since naming it is asking for it to be used. The default file is only read in token mode,
+    so that a token is never sent to a cluster nobody said needs one.
+    """
+    if explicit:
+        return explicit.strip()
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if token_path:
+        try:
+            token = Path(token_path).expanduser().read_text().strip()
+        except OSError as error:
+            raise UsageError(f"RAY_AUTH_TOKEN_PATH: cannot read {token_path}: {error.strerror}") from None
+        if not token:
+            raise UsageError(f"RAY_AUTH_TOKEN_PATH: {token_path} is empty")
+        return token
+    default_path = Path.home() / ".ray" / "auth_token"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and default_path.is_file():
+        return default_path.read_text().strip() or None
+    return None
+
+
 @contextmanager
 def _client(address: str, auth_token: str | None, job_id: str | None = None) -> Iterator[JobSubmissionClient]:
-    """A JobSubmissionClient for ``address``; Ray's errors inside become one-line UsageErrors.
-
-    The client finds the token itself (see the module's docstring); an explicit ``auth_token``
-    goes in an ``Authorization`` header, which Ray's client then leaves alone.
-    """
+    """A JobSubmissionClient for ``address``; Ray's errors inside become one-line UsageErrors."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     url = _normalize_address(address)
-    headers = {"Authorization": f"Bearer {auth_token.strip()}"} if auth_token else None
+    token = resolve_auth_token(auth_token)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     # Ray logs "WebSocket closed ..." at INFO after every followed job: noise here.
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     try:
         client = JobSubmissionClient(url, headers=headers)
         yield client
     except AuthenticationError as error:
-        hint = (
-            "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to the cluster's token "
-            "(local cluster: eval \"$(cluster/local.sh env)\")"
-        )
-        # Ray's messages: "Authentication required: ..." (HTTP 401), "Authentication failed:
-        # ..." (403); anything else is its client failing to read a token.
-        message = error.message
-        if message.startswith("Authentication required"):
+        hint = "set RAY_AUTH_TOKEN_PATH to the cluster's token (local cluster: eval \"$(cluster/local.sh env)\")"
+        if "required" in str(error).lower():
             raise UsageError(f"--address: the Ray cluster at {url} requires an auth token; {hint}") from None
-        if message.startswith("Authentication failed"):
-            raise UsageError(f"--address: the Ray cluster at {url} rejected the auth token; {hint}") from None
-        raise UsageError(f"--address: no Ray auth token for {url}: {_one_line(message.split('. ')[0])}") from None
+        raise UsageError(f"--address: the Ray cluster at {url} rejected the auth token; {hint}") from None
     except OSError:
         # ConnectionError from the version check, or requests'/aiohttp's errors (OSErrors too)
         # when the dashboard goes away later.
