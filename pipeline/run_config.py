@@ -28,7 +28,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from models.config import MODEL_KINDS, ModelConfig, TrainConfig
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, malformed_yaml
 from pipeline.space import MAX_SEED
 
 __all__ = ["MODEL_KEY", "DATASET_KEY", "run_config_keys", "load_run_config", "split_run_config"]
@@ -71,7 +71,7 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise UsageError(f"{label}: malformed YAML{_yaml_position(error)}") from None
+        raise malformed_yaml(label, error) from None
     if values is None:
         return {}  # an empty file (or only comments) sets nothing
     if not isinstance(values, dict):
@@ -155,10 +155,3 @@ def _describe(error: ValidationError) -> str:
         else:
             parts.append(f"{field}: {detail['msg'].lower()} (got {detail['input']!r})")
     return "; ".join(parts)
-
-
-def _yaml_position(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or ""
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{where}: {problem}" if problem else where

@@ -41,7 +41,7 @@ from pydantic import (
 
 from models.config import MODEL_KINDS, ModelConfig, TrainConfig
 from pipeline.data import dataset_names
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, malformed_yaml
 from pipeline.pruning import PRUNERS
 from pipeline.samplers import SAMPLERS
 
@@ -322,7 +322,7 @@ def load_space(name_or_path: str) -> SearchSpace:
     try:
         data = yaml.load(text, Loader=_SpaceLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
-        raise UsageError(f"{label}: malformed YAML{_yaml_position(error)}") from None
+        raise malformed_yaml(label, error) from None
     if not isinstance(data, dict):
         kind = "an empty file" if data is None else type(data).__name__
         raise UsageError(f"{label}: expected a mapping of settings, got {kind}")
@@ -361,13 +361,6 @@ def _read(name_or_path: str) -> tuple[str, str]:
             "pass a path to a YAML file for your own"
         )
     return resource.read_text(encoding="utf-8"), space_source(name_or_path)
-
-
-def _yaml_position(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or ""
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{where}: {problem}" if problem else where
 
 
 def _describe(error: ValidationError) -> str:

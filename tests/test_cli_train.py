@@ -20,7 +20,7 @@ import torch
 
 import pipeline.data
 from pipeline.cli import main
-from tests.fixtures_data import write_cifar, write_imdb, write_wikitext
+from tests.fixtures_data import NOT_A_PICKLE, write_cifar, write_imdb, write_wikitext
 
 torch.set_num_threads(1)
 
@@ -159,7 +159,7 @@ def _prepare_bad_inputs(tmp: Path) -> None:
     truncated = write_cifar(tmp / "truncated", "cifar10", "tar").path
     truncated.write_bytes(truncated.read_bytes()[:2000])
     corrupt = write_cifar(tmp / "corrupt", "cifar100", "folder").path
-    (corrupt / "train").write_bytes(os.urandom(3000))
+    (corrupt / "train").write_bytes(NOT_A_PICKLE)
     imdb = write_imdb(tmp / "imdb")
     for review in (imdb / "train" / "neg").iterdir():
         review.unlink()

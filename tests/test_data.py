@@ -34,6 +34,7 @@ from tests.fixtures_data import (
     CIFAR_ARCHIVE,
     CIFAR_FOLDER,
     IMDB_REVIEWS,
+    NOT_A_PICKLE,
     WIKI_TEST,
     WIKI_TRAIN,
     idx_bytes,
@@ -158,7 +159,7 @@ def _corrupt_folder_batch(folder: Path, how: str, tmp_path: Path) -> str:
         _truncate(path)
         return r"data_batch_3: .*(truncated|corrupt)"
     if how == "garbage":
-        path.write_bytes(os.urandom(5000))
+        path.write_bytes(NOT_A_PICKLE)
         return r"data_batch_3: not a CIFAR batch pickle"
     if how == "code":
         path.write_bytes(pickle.dumps({b"data": _RunsCode(tmp_path / "pwned")}))
