@@ -48,7 +48,6 @@ from models.contraction import ContractiveConv
 FixedPointMap = Callable[[Tensor, Tensor], Tensor]
 
 BACKWARD_MODES: tuple[str, ...] = ("implicit", "phantom", "jfb", "unroll")
-SOLVERS: tuple[str, ...] = ("fixed_point", "anderson")
 ANDERSON_MEMORY = 5
 ANDERSON_REGULARISATION = 1e-4  # relative to the mean squared residual in the memory
 
@@ -213,6 +212,7 @@ def anderson_iteration(
 
 
 SOLVE = {"fixed_point": fixed_point_iteration, "anderson": anderson_iteration}
+SOLVERS: tuple[str, ...] = tuple(SOLVE)
 
 
 def adjoint_fixed_point(
