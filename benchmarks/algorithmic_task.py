@@ -9,10 +9,10 @@ end of the other (label 0). The known difficulty is the start path's length L in
 from the start needs exactly L steps to cover it, and a plain pass traces a few cells at most.
 Model 0 (``plain``), Models 1 and 3 (``fpi1``, ``fpi3``) and DynaLay are trained with the same
 ``TrainConfig`` and the same ``ModelConfig`` apart from ``kind``, on the ConvBackbone with the
-max-norm state path
-(``state_path: max``, models.contraction.ContractiveMaxSpread: a flood carries c^L, where a 3×3
-L2-contractive conv carries about (c/4)^L), contraction near 1 and ``max_iter`` above the
-longest path, and scored on the test split with ``models.training.predict`` (eval mode, the
+flood state path on layer 1 (``state_path: flood``, models.contraction.ContractiveFlood: a max-norm
+contraction that carries c^L, where a 3×3 L2-contractive conv carries about (c/4)^L, and settles
+once the flood has crossed the path, so a solve's iterations can follow L), contraction near 1
+and ``max_iter`` above the longest path, and scored on the test split with ``models.training.predict`` (eval mode, the
 agent's argmax). The test samples are cut into thirds by difficulty (at its 1/3 and 2/3
 quantiles); the script reports each model's accuracy per third, its FLOPs and layer-1 iterations
 per third, and the Spearman correlation between a sample's difficulty and its FLOPs.
@@ -42,14 +42,14 @@ THIRDS = ("easiest", "middle", "hardest")
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "data": {"n_train": 4000, "n_test": 600, "size": 10, "max_length": 16},
-        "model": {"width": 8, "state_path": "max", "contraction": 0.99, "max_iter": 24,
+        "model": {"width": 8, "state_path": "flood", "contraction": 0.99, "max_iter": 24,
                   "fwd_tol": 1e-3, "bwd_tol": 1e-3, "path_loss": "every", "baseline": "plain",
                   "beta": 0.05, "reward_cost": "flops"},
         "train": {"epochs": 15, "warmup_epochs": 4, "batch_size": 64, "lr": 3e-3},
     },
     "full": {
         "data": {"n_train": 20000, "n_test": 3000, "size": 16, "max_length": 32},
-        "model": {"width": 32, "state_path": "max", "contraction": 0.99, "max_iter": 40,
+        "model": {"width": 32, "state_path": "flood", "contraction": 0.99, "max_iter": 40,
                   "fwd_tol": 1e-4, "bwd_tol": 1e-4, "path_loss": "every", "baseline": "plain",
                   "beta": 0.01, "reward_cost": "flops"},
         "train": {"epochs": 30, "warmup_epochs": 8, "batch_size": 128, "lr": 2e-3},

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from models.contraction import STATE_PATHS
 from models.fpi import BACKWARD_MODES
 from models.fpi import SOLVERS as FPI_SOLVERS
 
@@ -29,7 +30,6 @@ DEQ_SOLVERS: tuple[str, ...] = ("anderson", "broyden")
 BASELINES: tuple[str, ...] = ("ema", "batch", "plain")
 CONTRACTION_BOUNDS: tuple[str, ...] = ("circular", "taps")
 PATH_LOSSES: tuple[str, ...] = ("routed", "every")
-STATE_PATHS: tuple[str, ...] = ("conv", "max")
 POLICY_GRADIENTS: tuple[str, ...] = ("reinforce", "expected")
 REWARD_COSTS: tuple[str, ...] = ("depth", "flops")
 REWARD_HITS: tuple[str, ...] = ("correct", "probability")
@@ -93,8 +93,10 @@ class ModelConfig(_DictConfig):
         state_path: the image layers' state path form: `conv` (a contractive 3×3 conv, an L2
             contraction) or `max` (on layer 1 the maximum over the 4 neighbours of a contractive
             1×1 channel mix, an L∞ contraction: a flood fill that carries a signal c^D over D
-            cells where the conv's shrinks like (c/4)^D; layers 2, 3 keep the conv). Sequence
-            backbones take `conv` only. See models.contraction.ContractiveMaxSpread.
+            cells where the conv's shrinks like (c/4)^D; layers 2, 3 keep the conv) or `flood`
+            (the same spread combined with the injection by a maximum, so a flood settles in as
+            many iterations as the cells it crosses). Sequence backbones take `conv` only. See
+            models.contraction.ContractiveMaxSpread and ContractiveFlood.
         alpha, beta, gamma: reward R = α·correct − β·cost(a); loss = CE + γ·policy term.
         reward_cost: cost(a) in the reward. `depth` (the thesis): C(a)·k(a), C the action's
             FLOPs over the plain pass', k its number of FPI layers, so a FLOP spent on action 3

@@ -51,6 +51,13 @@ def tap_norm_bound(weight: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(taps, ord=2).sum()
 
 
+_CANDIDATE_FREQUENCIES = 4
+"""How many of the largest frequencies get the exact norm: ties come in conjugate pairs (a real
+kernel's symbol at ω and −ω), and the margin covers near-ties that rounding could order
+wrongly. A fixed count keeps the shapes data-independent (the FLOP counter runs on meta
+tensors)."""
+
+
 def circular_norm_bound(weight: Tensor, spatial_shape: Sequence[int]) -> Tensor:
     """The operator norm of the circular convolution that embeds the zero-padded convolution
     of a state with spatial size `spatial_shape`: an upper bound on the latter's norm, and
@@ -66,7 +73,14 @@ def circular_norm_bound(weight: Tensor, spatial_shape: Sequence[int]) -> Tensor:
     grid = [int(n) + k - 1 for n, k in zip(spatial_shape, weight.shape[2:])]
     symbol = torch.fft.rfftn(weight, s=grid, dim=tuple(range(2, weight.dim())))
     per_frequency = symbol.flatten(2).permute(2, 0, 1)  # (frequencies, C_out, C_in)
-    return torch.linalg.matrix_norm(per_frequency, ord=2).max()
+    # Only the largest σ_max matters, so a differentiable SVD of every frequency (about half a
+    # DynaLay train step's bound cost goes to its backward) is wasted: singular values alone,
+    # without gradients, find the few frequencies nearest the maximum, and only those get the
+    # exact, differentiable matrix norm. Same value, same (sub)gradient.
+    with torch.no_grad():
+        largest = torch.linalg.svdvals(per_frequency)[:, 0]
+        candidates = largest.topk(min(_CANDIDATE_FREQUENCIES, largest.shape[0])).indices
+    return torch.linalg.matrix_norm(per_frequency[candidates], ord=2).max()
 
 
 class ContractiveConv(nn.Module):
@@ -162,13 +176,19 @@ class ContractiveConv(nn.Module):
             out = F.conv1d(z, weight, padding=pad)
         return out.transpose(1, 2)
 
+    def combine(self, u: Tensor, spread: Tensor, activation: nn.Module) -> Tensor:
+        """One application of the layer from its injection u and the state path's output
+        s(z): φ(u + s(z)). 1-Lipschitz in s(z), so the layer is as contractive as s."""
+        return activation(u + spread)
+
     def forward(self, z: Tensor) -> Tensor:
         return self.apply_weight(z, self.effective_weight(self.spatial_shape(z)))
 
 
-STATE_PATHS: tuple[str, ...] = ("conv", "max")
-"""State path forms: ``conv`` (ContractiveConv, an L2 contraction) or ``max``
-(ContractiveMaxSpread, an L∞ contraction)."""
+STATE_PATHS: tuple[str, ...] = ("conv", "max", "flood")
+"""State path forms: ``conv`` (ContractiveConv, an L2 contraction), ``max``
+(ContractiveMaxSpread, an L∞ contraction) or ``flood`` (ContractiveFlood: the same spread,
+combined with the injection by a maximum, so a flood settles in as many steps as it travels)."""
 
 
 def max_row_sum(weight: Tensor) -> Tensor:
@@ -227,12 +247,40 @@ class ContractiveMaxSpread(ContractiveConv):
         ]).amax(dim=0)
 
 
+class ContractiveFlood(ContractiveMaxSpread):
+    """The max spread, combined with the injection by a maximum instead of a sum:
+
+        f(z) = max(φ(u), s(z) − relu(−u))
+
+    u's positive part seeds (a source holds φ(u) and takes nothing added), its negative part
+    blocks (a wall with u ≪ 0 passes nothing on), and where u ≈ 0 the state carries the
+    neighbourhood's value on at c.
+
+    Why. Under φ(u + s(z)) a source adds its neighbours' echo to itself (its own value comes
+    back at c² two steps later), so it grows towards u/(1 − c) at the rate c: with c near 1
+    every solve runs to `max_iter` whatever the path's length. With the maximum a seeded cell
+    is never raised by an echo weaker than itself, so a flood over a path of L steps is exactly
+    settled after L + 1 applications, and the iterations a sample takes follow its difficulty.
+
+    Contraction. z ↦ s(z) − relu(−u) is ‖s‖-Lipschitz in the max norm and max(a, ·) with a
+    fixed is 1-Lipschitz, so f is a c·σ(g)-contraction in the max norm, like the additive form.
+    f(0) = max(φ(u), −relu(−u)) = φ(u) for φ = ReLU or tanh (φ(u) ≥ min(u, 0)): the plain
+    layer is unchanged.
+    """
+
+    def combine(self, u: Tensor, spread: Tensor, activation: nn.Module) -> Tensor:
+        return torch.maximum(activation(u), spread - F.relu(-u))
+
+
 def contractive_state(form: str, channels: int, *, contraction: float | None,
                       bound: str = "circular") -> ContractiveConv:
     """The state path of an image layer with `channels` channels: `conv` (a 3×3
-    ContractiveConv with `bound`) or `max` (ContractiveMaxSpread)."""
+    ContractiveConv with `bound`), `max` (ContractiveMaxSpread) or `flood`
+    (ContractiveFlood)."""
     if form == "conv":
         return ContractiveConv(channels, 3, spatial_dims=2, contraction=contraction, bound=bound)
     if form == "max":
         return ContractiveMaxSpread(channels, contraction=contraction)
+    if form == "flood":
+        return ContractiveFlood(channels, contraction=contraction)
     raise ValueError(f"state path {form!r} is not one of {list(STATE_PATHS)}")

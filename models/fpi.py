@@ -1,6 +1,7 @@
 """Fixed-point iterative (FPI) layers: the forward solvers and the backward modes.
 
-A layer with injection u = inject(x), state path s and 1-Lipschitz activation φ defines
+A layer with injection u = inject(x), state path s and 1-Lipschitz activation φ defines (the
+state path's `combine`; models.contraction.ContractiveFlood joins u and s(z) by a maximum instead)
 
     f(z, x) = φ(u + s(z)),        f(0, x) = φ(u)   (the plain layer, since s(0) = 0).
 
@@ -290,10 +291,11 @@ class FPILayer(nn.Module):
         return self.activation(u), u
 
     def f(self, z: Tensor, u: Tensor, weight: Tensor | None = None) -> Tensor:
-        """One application φ(u + s(z)); `weight` is a precomputed state weight."""
+        """One application φ(u + s(z)) (or the state path's own `combine` of u and s(z));
+        `weight` is a precomputed state weight."""
         if weight is None:
             weight = self.state.effective_weight(self.state.spatial_shape(z))
-        return self.activation(u + self.state.apply_weight(z, weight))
+        return self.state.combine(u, self.state.apply_weight(z, weight), self.activation)
 
     def forward(self, x: Tensor) -> FixedPoint:
         """Iterates the layer on input x from its plain output."""

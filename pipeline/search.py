@@ -161,6 +161,7 @@ def run_search(options: SearchOptions) -> SearchOptions:
         SearchStopped: interrupted (state saved, resumable), or every trial failed.
     """
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from pipeline.optuna_bridge import StudyLink
     from pipeline.scheduler import FoldPruningScheduler
@@ -211,7 +212,10 @@ def run_search(options: SearchOptions) -> SearchOptions:
             scheduler=scheduler,
             search_name=state["search_id"],
         )
-        tuner = build_tuner(options, searcher=searcher, scheduler=scheduler, callbacks=[tracker])
+        # Tune's JSON results stay: the ResultGrid that fit() returns reads them (without them
+        # it warns that it found no metrics for any trial); the other loggers are off.
+        tuner = build_tuner(options, searcher=searcher, scheduler=scheduler,
+                            callbacks=[tracker, JsonLoggerCallback()])
         # Only now is there a search to resume; before, a failure leaves the name free.
         _write_search_record(experiment_dir, state)
     with (
@@ -456,8 +460,9 @@ _TUNE_ENVIRONMENT = {
     # Save the experiment state often: a driver killed between saves would otherwise restore
     # trials that had already ended as still running.
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
-    # MLflow is the record of every trial; Tune's own CSV/JSON/TensorBoard files would repeat it
-    # (and TensorBoard warns about the operating curve, a list, on every search).
+    # MLflow is the record of every trial; Tune's own CSV and TensorBoard files would repeat it
+    # (and TensorBoard warns about the operating curve, a list, on every search). run_search
+    # passes the JSON logger explicitly.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 

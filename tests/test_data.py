@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.contraction import ContractiveConv, ContractiveMaxSpread
+from models.contraction import ContractiveConv, ContractiveFlood, ContractiveMaxSpread
 from models.fpi import fixed_point_iteration
 from pipeline.data import (
     BatchAugment,
@@ -620,14 +620,15 @@ def test_maze_difficulty_spreads_alike_over_both_labels() -> None:
 
 
 def _hand_set_flood(dataset: Dataset, state: ContractiveConv, activation, **solve: float):
-    """The FPI layer's form z ← φ(u + s(z)) seeded at the start, walls at −1e3."""
+    """The FPI layer's form z ← state.combine(u, s(z), φ) (φ(u + s(z)) but for the flood)
+    seeded at the start, walls at −1e3."""
     cells = torch.from_numpy(_maze_cells(dataset).astype(np.float32))
     walls, start = cells[:, 0:1], cells[:, 1:2]
     u = start - 1e3 * walls
     weight = state.effective_weight((16, 16))
 
     def flood(z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-        return activation(injection + state.apply_weight(z, weight))
+        return state.combine(injection, state.apply_weight(z, weight), activation)
 
     with torch.no_grad():
         return fixed_point_iteration(flood, u, activation(u), **solve), cells[:, 2:3]
@@ -649,6 +650,27 @@ def test_maze_is_solved_by_a_max_norm_flood_in_as_many_steps_as_the_difficulty()
     at_goal = (fixed.z * goal).flatten(1).sum(dim=1)
     torch.testing.assert_close(at_goal, dataset.test.y * 0.99 ** dataset.difficulty_test)
     assert torch.equal(fixed.iterations, dataset.difficulty_test.long() + 1)
+
+
+def test_maze_is_solved_by_the_flood_state_path_in_as_many_steps_as_the_difficulty() -> None:
+    """ContractiveFlood (`state_path: flood`) needs no cap: with plain ReLU the seeded start
+    holds 1 (its echo, 0.99², never beats it), the goal reads 0.99^L or exactly 0, and each
+    solve stops after exactly L + 1 applications, where the additive form with plain ReLU
+    lets the start grow towards 1/(1 − 0.99) and runs every solve to the cap."""
+    dataset = make_maze(n_train=1, n_test=80, seed=1)
+    assert dataset.difficulty_test is not None
+    flood, additive = ContractiveFlood(1, contraction=0.99), ContractiveMaxSpread(1, contraction=0.99)
+    with torch.no_grad():
+        for state in (flood, additive):
+            state.weight.fill_(1.0)
+            state.gain.fill_(30.0)
+    fixed, goal = _hand_set_flood(dataset, flood, torch.relu, tol=1e-6, max_iter=100)
+    assert bool(fixed.converged.all())
+    at_goal = (fixed.z * goal).flatten(1).sum(dim=1)
+    torch.testing.assert_close(at_goal, dataset.test.y * 0.99 ** dataset.difficulty_test)
+    assert torch.equal(fixed.iterations, dataset.difficulty_test.long() + 1)
+    grown, _ = _hand_set_flood(dataset, additive, torch.relu, tol=1e-6, max_iter=100)
+    assert not bool(grown.converged.any()) and bool((grown.iterations == 100).all())
 
 
 def test_maze_signal_drowns_under_a_linear_l2_contractive_flood() -> None:

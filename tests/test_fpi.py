@@ -9,6 +9,7 @@ from torch import nn
 from models.backbones import LSTMInjection
 from models.contraction import (
     ContractiveConv,
+    ContractiveFlood,
     ContractiveMaxSpread,
     circular_norm_bound,
     max_row_sum,
@@ -33,6 +34,16 @@ def max_layer(channels: int = 4, contraction: float | None = 0.9, **options: obj
     with torch.no_grad():
         state.weight.normal_()
     return FPILayer(inject, state, nn.Hardtanh(0.0, 1.0), **options)  # type: ignore[arg-type]
+
+
+def flood_layer(channels: int = 4, contraction: float | None = 0.9, **options: object) -> FPILayer:
+    """An image layer with the flood state path and plain ReLU (the flood needs no cap), its
+    weight mixed at random."""
+    inject = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.GroupNorm(2, channels))
+    state = ContractiveFlood(channels, contraction=contraction)
+    with torch.no_grad():
+        state.weight.normal_()
+    return FPILayer(inject, state, nn.ReLU(), **options)  # type: ignore[arg-type]
 
 
 def lstm_layer(hidden: int = 6, contraction: float | None = 0.9, **options: object) -> FPILayer:
@@ -81,7 +92,8 @@ def exact_layer_and_probe(make_layer, make_input, gain: float | None = None):
 
 
 @pytest.mark.parametrize("make_layer, make_input",
-                         [(conv_layer, conv_input), (max_layer, conv_input), (lstm_layer, lstm_input)])
+                         [(conv_layer, conv_input), (max_layer, conv_input), (flood_layer, conv_input),
+                          (lstm_layer, lstm_input)])
 def test_implicit_gradient_matches_unrolled_iterations(make_layer, make_input) -> None:
     layer, x, probe = exact_layer_and_probe(make_layer, make_input)
     layer.backward_mode = "unroll"
@@ -96,7 +108,8 @@ def test_implicit_gradient_matches_unrolled_iterations(make_layer, make_input) -
     assert all(torch.isfinite(g).all() for g in jfb)
 
 
-@pytest.mark.parametrize("make_layer, make_input", [(conv_layer, conv_input), (lstm_layer, lstm_input)])
+@pytest.mark.parametrize("make_layer, make_input",
+                         [(conv_layer, conv_input), (flood_layer, conv_input), (lstm_layer, lstm_input)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_contractive_forward_always_converges(make_layer, make_input, seed: int) -> None:
     torch.manual_seed(seed)
@@ -197,12 +210,30 @@ def test_circular_bound_of_a_known_convolution() -> None:
     assert float(circular_norm_bound(alternating, (47,))) < 3.0
 
 
+@pytest.mark.parametrize("channels, spatial", [(16, (14, 14)), (32, (7, 7)), (64, (3, 3)), (5, (9,))])
+def test_circular_bound_value_and_gradient_equal_the_largest_norm_over_every_frequency(
+    channels: int, spatial: tuple[int, ...]
+) -> None:
+    """The bound differentiates only the frequencies near the maximum; the reference takes the
+    differentiable 2-norm of every frequency's matrix and their maximum."""
+    torch.manual_seed(channels)
+    weight = torch.randn(channels, channels, *([3] * len(spatial)), dtype=torch.float64, requires_grad=True)
+    grid = [n + 2 for n in spatial]
+    symbol = torch.fft.rfftn(weight, s=grid, dim=tuple(range(2, weight.dim())))
+    reference = torch.linalg.matrix_norm(symbol.flatten(2).permute(2, 0, 1), ord=2).max()
+    bound = circular_norm_bound(weight, spatial)
+    torch.testing.assert_close(bound, reference)
+    torch.testing.assert_close(torch.autograd.grad(bound, weight)[0], torch.autograd.grad(reference, weight)[0])
+
+
+@pytest.mark.parametrize("make_layer", [max_layer, flood_layer])
 @pytest.mark.parametrize("seed, gain", [(0, 2.0), (1, 30.0), (2, -1.0)])
-def test_max_spread_layer_is_a_contraction_in_the_max_norm(seed: int, gain: float) -> None:
-    """‖f(z) − f(z')‖∞ ≤ c·σ(g)·‖z − z'‖∞ for the whole layer map, on pairs drawn far apart and
-    close together, with a weight scaled and offset (the bound rescales any weight)."""
+def test_max_spread_layer_is_a_contraction_in_the_max_norm(make_layer, seed: int, gain: float) -> None:
+    """‖f(z) − f(z')‖∞ ≤ c·σ(g)·‖z − z'‖∞ for the whole layer map (additive and flood
+    combination), on pairs drawn far apart and close together, with a weight scaled and
+    offset (the bound rescales any weight)."""
     torch.manual_seed(seed)
-    layer = max_layer(channels=6, contraction=0.9).double()
+    layer = make_layer(channels=6, contraction=0.9).double()
     with torch.no_grad():
         layer.state.weight.mul_(7.0).add_(0.3)
         layer.state.gain.fill_(gain)
@@ -275,9 +306,10 @@ def test_non_contractive_layer_reports_hitting_max_iter(make_layer, make_input) 
     assert bool((fp.residuals > 1e-5).all())
 
 
-def test_plain_layer_is_f_at_zero() -> None:
+@pytest.mark.parametrize("make_layer", [conv_layer, flood_layer])
+def test_plain_layer_is_f_at_zero(make_layer) -> None:
     torch.manual_seed(0)
-    layer = conv_layer()
+    layer = make_layer()
     x = conv_input(0)
     with torch.no_grad():
         plain, u = layer.plain(x)
@@ -390,6 +422,9 @@ def test_state_path_form_is_chosen_by_the_model_config() -> None:
     states = [layer.state for layer in backbone.layers]
     assert isinstance(states[0], ContractiveMaxSpread)  # the flood at cell resolution only
     assert not any(isinstance(state, ContractiveMaxSpread) for state in states[1:])
+    flood = build_backbone(ModelConfig(width=8, state_path="flood", contraction=0.99), image)
+    assert isinstance(flood.layers[0].state, ContractiveFlood)
+    assert not any(isinstance(layer.state, ContractiveMaxSpread) for layer in flood.layers[1:])
     assert all(state.norm_bound((4, 4)) < 0.99 for state in states)
     plain = build_backbone(ModelConfig(width=8), image)
     assert not any(isinstance(layer.state, ContractiveMaxSpread) for layer in plain.layers)

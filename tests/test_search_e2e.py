@@ -54,6 +54,9 @@ def finished_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
         env={"DYNALAY_INJECT_NAN_DIR": str(fault_dir)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # Tune's ResultGrid reads the trials' JSON results at the end of fit(); without them every
+    # search ended on a warning that it found no metrics for any trial.
+    assert "Failed to fetch metrics" not in done.stderr + done.stdout, done.stderr[-3000:]
     return run_dir, done.stdout
 
 

@@ -11,7 +11,7 @@ from pipeline.errors import UsageError
 from pipeline.preflight import check_space
 from pipeline.space import SearchSpace, list_spaces, load_space, space_source
 
-SHIPPED = ["cifar10", "cifar100", "digits", "fashion_mnist", "imdb", "wikitext2"]
+SHIPPED = ["cifar10", "cifar100", "digits", "fashion_mnist", "imdb", "maze", "wikitext2"]
 
 GOOD = """\
 name: tiny
@@ -22,7 +22,7 @@ params:
 """
 
 
-def test_the_six_spaces_are_shipped() -> None:
+def test_the_seven_spaces_are_shipped() -> None:
     assert list_spaces() == SHIPPED
 
 

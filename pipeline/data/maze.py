@@ -26,7 +26,9 @@ z = relu(u + s(z)) traces it: u very negative on walls and positive at S, and s 
 the max-norm state path of ``models.contraction.ContractiveMaxSpread`` (the maximum over the 4
 neighbours, norm c) the flood reads c^L at the path's far end (0.99^32 ≈ 0.72) and exactly 0 on
 the other path; a linear L2-contractive state path passes on about c/4 per step along a one-cell
-chain and cannot carry it (see the tests).
+chain and cannot carry it (see the tests). Under φ(u + s(z)) the seeded start also adds its own
+echo and grows towards u/(1 − c), so the solve never settles before ``max_iter``; the flood state
+path (``ContractiveFlood``, max(φ(u), s(z) − relu(−u))) settles after exactly L + 1 steps.
 """
 
 from __future__ import annotations
