@@ -78,7 +78,7 @@ DATASETS: dict[str, dict[str, dict[str, Any]]] = {
 # whole official test file.
 FASHION_MODEL: dict[str, Any] = {
     "width": 16, "fwd_tol": 1e-4, "max_iter": 30, "contraction": 0.9, "contraction_bound": "circular",
-    "path_loss": "routed", "policy_gradient": "expected", "reward_cost": "flops",
+    "path_loss": "every", "policy_gradient": "expected", "reward_cost": "flops",
     "reward_hit": "probability", "agent_confidence": True, "agent_activations": False, "agent_epochs": 10,
     "alpha": 0.5, "beta": 0.01, "gamma": 0.2,
 }
