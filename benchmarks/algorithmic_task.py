@@ -9,11 +9,11 @@ end of the other (label 0). The known difficulty is the start path's length L in
 from the start needs exactly L steps to cover it, and a plain pass traces a few cells at most.
 Model 0 (``plain``), Models 1 and 3 (``fpi1``, ``fpi3``) and DynaLay are trained with the same
 ``TrainConfig`` and the same ``ModelConfig`` apart from ``kind``, on the ConvBackbone with the
-flood state path on layer 1 (``state_path: flood``, models.contraction.ContractiveFlood: a max-norm
-contraction that carries c^L, where a 3×3 L2-contractive conv carries about (c/4)^L, and settles
-once the flood has crossed the path, so a solve's iterations can follow L), contraction near 1
-and ``max_iter`` above the longest path, and scored on the test split with ``models.training.predict`` (eval mode, the
-agent's argmax). The test samples are cut into thirds by difficulty (at its 1/3 and 2/3
+flood state path on layer 1 (``state_path: flood``, models.contraction.ContractiveFlood: a
+max-norm contraction that carries c^L, where a 3×3 L2-contractive conv carries about (c/4)^L,
+and settles once the flood has crossed the path, so a solve's iterations can follow L),
+contraction near 1 and ``max_iter`` above the longest path, and scored on the test split with
+``models.training.predict`` (eval mode, the agent's argmax). The test samples are cut into thirds by difficulty (at its 1/3 and 2/3
 quantiles); the script reports each model's accuracy per third, its FLOPs and layer-1 iterations
 per third, and the Spearman correlation between a sample's difficulty and its FLOPs.
 

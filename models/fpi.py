@@ -1,9 +1,11 @@
 """Fixed-point iterative (FPI) layers: the forward solvers and the backward modes.
 
-A layer with injection u = inject(x), state path s and 1-Lipschitz activation φ defines (the
-state path's `combine`; models.contraction.ContractiveFlood joins u and s(z) by a maximum instead)
+A layer with injection u = inject(x), state path s and 1-Lipschitz activation φ defines
 
     f(z, x) = φ(u + s(z)),        f(0, x) = φ(u)   (the plain layer, since s(0) = 0).
+
+(the state path's `combine`; models.contraction.ContractiveFlood joins u and s(z) by a maximum
+instead, with the same f(0, x)).
 
 Forward: iterate per sample until ‖f(z) − z‖ ≤ tol·‖f(z)‖ or `max_iter` applications of f.
 u and the contraction-normalised state weight are computed once per solve (neither depends

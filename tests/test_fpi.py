@@ -223,7 +223,8 @@ def test_circular_bound_value_and_gradient_equal_the_largest_norm_over_every_fre
     reference = torch.linalg.matrix_norm(symbol.flatten(2).permute(2, 0, 1), ord=2).max()
     bound = circular_norm_bound(weight, spatial)
     torch.testing.assert_close(bound, reference)
-    torch.testing.assert_close(torch.autograd.grad(bound, weight)[0], torch.autograd.grad(reference, weight)[0])
+    torch.testing.assert_close(torch.autograd.grad(bound, weight)[0],
+                               torch.autograd.grad(reference, weight)[0])
 
 
 @pytest.mark.parametrize("make_layer", [max_layer, flood_layer])
