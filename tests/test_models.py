@@ -96,7 +96,8 @@ def cnn_costs(model) -> dict[str, object]:
     for layer in bb.layers:
         costs["inject"].append(counted(layer.inject, h))  # type: ignore[union-attr]
         h, _ = layer.plain(h)
-        costs["state"].append(counted(layer.state, h))  # type: ignore[union-attr]
+        # one iteration applies the weight normalised once per solve: its conv alone
+        costs["state"].append(counted(layer.state.apply_weight, h, layer.state.weight))  # type: ignore[union-attr]
     costs["head"] = counted(bb.head, h)
     pooled = torch.cat([bb.pool(torch.zeros(1, c, 1, 1)) for c in bb.layer_dims], dim=1)
     costs["agent"] = counted(model.agent, pooled) if hasattr(model, "agent") else 0.0
