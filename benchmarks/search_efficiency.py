@@ -2,6 +2,7 @@
 
     python -m benchmarks.search_efficiency --quick    # ≤ 3 min on a 2-core CPU (a smoke test)
     python -m benchmarks.search_efficiency --full [--repeats 3] [--num-samples 8] [--baseline-seeds 1]
+    python -m benchmarks.search_efficiency --full --report benchmarks/results/search_efficiency.json
 
 Four arms on the space ``make demo`` searches (``search_spaces/digits.yaml``: DynaLay on
 digits, width, FPI routing and learning rate searched, 9 folds of 2 epochs), each built with
@@ -28,6 +29,8 @@ the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import shutil
 import tempfile
 import time
@@ -171,6 +174,45 @@ def first_reaching(points: list[dict[str, Any]], threshold: float) -> dict[str, 
     return None
 
 
+WILCOXON_FIRST_FOLD = 4
+"""The earliest fold after which the Wilcoxon pruner can stop a trial (4 paired folds)."""
+
+
+def pruning_floor(curve_b: list[dict[str, Any]], reference: tuple[float, float], threshold: float,
+                  stop_after: int) -> int | None:
+    """The fewest fold-trainings with which any pruner, running (b)'s trials in (b)'s order,
+    reaches `threshold`: it runs the trials it needs to the end and stops each other trial that
+    ends before the last of them after `stop_after` folds (the earliest its rule allows). Exact
+    (every subset of (b)'s finished trials); None when no subset reaches `threshold`."""
+    from pipeline.pareto import hypervolume
+
+    finished = [p for p in curve_b if p["state"] == "finished"]
+    if not finished or len(finished) > 16:  # 2^n subsets: a few dozen ms at 8 trials
+        return None
+    folds = max(p["folds_done"] for p in finished)
+    points = [(p["cv_accuracy"], p["cv_flops"]) for p in finished]
+    best = None
+    for size in range(1, len(points) + 1):
+        for chosen in itertools.combinations(range(len(points)), size):
+            if hypervolume([points[i] for i in chosen], reference) >= threshold:
+                cost = folds * size + stop_after * (chosen[-1] + 1 - size)
+                best = cost if best is None else min(best, cost)
+    return best
+
+
+def floors(analysis: dict[str, Any]) -> dict[str, float | None]:
+    """:func:`pruning_floor` as a fraction of (b)'s fold-trainings, for each earliest stopping
+    fold from the Wilcoxon rule's down to the first."""
+    curve_b = analysis["curves"].get("b", [])
+    budget_b = curve_b[-1]["fold_trainings"] if curve_b else 0
+    result: dict[str, float | None] = {}
+    for stop_after in range(WILCOXON_FIRST_FOLD, 0, -1):
+        floor = pruning_floor(curve_b, tuple(analysis["reference"]),
+                              analysis["threshold_95pct_of_b"], stop_after)
+        result[str(stop_after)] = floor / budget_b if floor is not None and budget_b else None
+    return result
+
+
 def analyse(repeat: dict[str, Any]) -> dict[str, Any]:
     """Curves and summary of one seed's arms against their common nadir reference point."""
     from pipeline.pareto import pareto_front, reference_point
@@ -198,8 +240,10 @@ def analyse(repeat: dict[str, Any]) -> dict[str, Any]:
             "reaches_95pct_of_b": reach,
             "reach_fraction_of_b_budget": (reach["fold_trainings"] / budget_b) if reach and budget_b else None,
         }
-    return {"reference": reference, "threshold_95pct_of_b": threshold, "curves": curves,
-            "summary": summary, "load_average_after": C.load_average()}
+    analysis = {"reference": reference, "threshold_95pct_of_b": threshold, "curves": curves,
+                "summary": summary, "load_average_after": C.load_average()}
+    analysis["pruning_floor"] = floors(analysis)
+    return analysis
 
 
 def target(analyses: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -275,6 +319,11 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += [C.markdown_table(
             ("arm", "finished / pruned / failed", "front", "fold-trainings", "wall s", "final HV",
              "HV / (b)'s", "fold-trainings to 95 % of (b)'s HV"), rows), ""]
+        floor = analysis.get("pruning_floor") or floors(analysis)
+        lines += ["Floor for any pruner on (b)'s trials in (b)'s order, as a fraction of (b)'s "
+                  "fold-trainings, by the earliest fold after which it may stop a trial: "
+                  + ", ".join(f"fold {k}: {C.fmt(v, 3)}" for k, v in floor.items())
+                  + f" (fold {WILCOXON_FIRST_FOLD}: the Wilcoxon rule).", ""]
     if len(payload["analyses"]) > 1:
         rows = []
         for arm, label in ARMS:
@@ -291,6 +340,15 @@ def markdown(payload: dict[str, Any]) -> str:
                   C.markdown_table(("arm", "fold-trainings", "HV / (b)'s", "reached 95 %",
                                     "fraction of (b)'s fold-trainings to reach it (seeds that did)"),
                                    rows), ""]
+    if len(payload["analyses"]) > 1:
+        by_fold = {k: [(a.get("pruning_floor") or floors(a))[k] for a in payload["analyses"]]
+                   for k in map(str, range(WILCOXON_FIRST_FOLD, 0, -1))}
+        lines += ["The floor over the seeds (median [min–max]) by the earliest stopping fold: "
+                  + ", ".join(f"fold {k}: "
+                              f"{C.fmt_spread(C.spread([f for f in v if f is not None]), kind='minmax')}"
+                              for k, v in by_fold.items())
+                  + ". A target below a fold's floor is out of reach, at this trial budget, of any "
+                  "pruner that waits that long for its evidence.", ""]
     lines += [f"Curves: `{NAME}.png`.", "", "## Target", "",
               C.targets_table(payload["targets"]) if payload["targets"] else "Not measured (arm (a) not run).",
               ""]
@@ -327,7 +385,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-seeds", type=int, default=None,
                         help="run arms c and d on the first N seeds only (default: 1)")
     parser.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
+    parser.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="run nothing: rewrite the tables of a saved search_efficiency.json "
+                             "(with the current analysis) into --out")
     args = C.parse(parser, argv)
+    if args.report is not None:
+        payload = json.loads(args.report.read_text())
+        for analysis in payload["analyses"]:
+            analysis["pruning_floor"] = floors(analysis)
+        C.publish(args.out, NAME, payload, markdown(payload))
+        return
     if "b" not in args.arms:
         parser.error("--arms must include b: the hypervolume threshold is (b)'s")
     mode = MODES[args.mode]
