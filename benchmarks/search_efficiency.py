@@ -319,7 +319,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += [C.markdown_table(
             ("arm", "finished / pruned / failed", "front", "fold-trainings", "wall s", "final HV",
              "HV / (b)'s", "fold-trainings to 95 % of (b)'s HV"), rows), ""]
-        floor = analysis.get("pruning_floor") or floors(analysis)
+        floor = analysis["pruning_floor"]
         lines += ["Floor for any pruner on (b)'s trials in (b)'s order, as a fraction of (b)'s "
                   "fold-trainings, by the earliest fold after which it may stop a trial: "
                   + ", ".join(f"fold {k}: {C.fmt(v, 3)}" for k, v in floor.items())
@@ -341,8 +341,8 @@ def markdown(payload: dict[str, Any]) -> str:
                                     "fraction of (b)'s fold-trainings to reach it (seeds that did)"),
                                    rows), ""]
     if len(payload["analyses"]) > 1:
-        by_fold = {k: [(a.get("pruning_floor") or floors(a))[k] for a in payload["analyses"]]
-                   for k in map(str, range(WILCOXON_FIRST_FOLD, 0, -1))}
+        by_fold = {k: [a["pruning_floor"][k] for a in payload["analyses"]]
+                   for k in payload["analyses"][0]["pruning_floor"]}
         lines += ["The floor over the seeds (median [min–max]) by the earliest stopping fold: "
                   + ", ".join(f"fold {k}: "
                               f"{C.fmt_spread(C.spread([f for f in v if f is not None]), kind='minmax')}"

@@ -78,6 +78,9 @@ class DynaLayModule(nn.Module):
         self.backbone = backbone
         self.spec = spec
         self.flop_table = FlopTable()
+        # a tuple, not a ModuleList: the wrappers share the layers' state paths and must not
+        # register their parameters a second time
+        self._state_applications = tuple(_StateApplication(layer.state) for layer in backbone.layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ForwardStats]:  # pragma: no cover
         raise NotImplementedError
@@ -101,8 +104,8 @@ class DynaLayModule(nn.Module):
                 for i, (layer, h) in enumerate(zip(layers, layer_inputs))
             ),
             state=tuple(  # type: ignore[arg-type]
-                table.per_sample(f"state{i}", _StateApplication(layer.state), a)
-                for i, (layer, a) in enumerate(zip(layers, layer_outputs))
+                table.per_sample(f"state{i}", application, a)
+                for i, (application, a) in enumerate(zip(self._state_applications, layer_outputs))
             ),
             head=table.per_sample("head", bb.head, layer_outputs[-1]),
         )

@@ -214,8 +214,8 @@ def test_circular_bound_of_a_known_convolution() -> None:
 def test_circular_bound_value_and_gradient_equal_the_largest_norm_over_every_frequency(
     channels: int, spatial: tuple[int, ...]
 ) -> None:
-    """The bound differentiates only the frequencies near the maximum; the reference takes the
-    differentiable 2-norm of every frequency's matrix and their maximum."""
+    """The bound differentiates only the maximising frequency's ‖P(ω*)v‖; the reference takes
+    the differentiable 2-norm of every frequency's matrix and their maximum."""
     torch.manual_seed(channels)
     weight = torch.randn(channels, channels, *([3] * len(spatial)), dtype=torch.float64, requires_grad=True)
     grid = [n + 2 for n in spatial]
