@@ -227,6 +227,65 @@ def test_circular_bound_value_and_gradient_equal_the_largest_norm_over_every_fre
                                torch.autograd.grad(reference, weight)[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels, spatial", [(16, (14, 14)), (64, (3, 3)), (5, (9,))])
+def test_warm_started_bound_equals_the_cold_one_as_the_weight_moves(
+    dtype: torch.dtype, channels: int, spatial: tuple[int, ...]
+) -> None:
+    """Over a walk of weights, small steps (the maximiser stays) and fresh draws (it moves), the
+    bound searched from the cached maximiser has the cold bound's value and gradient, and the
+    cache holds the true maximiser; both searches of the warm start run."""
+    torch.manual_seed(channels)
+    weight = torch.randn(channels, channels, *([3] * len(spatial)), dtype=dtype)
+    cache: dict = {}
+    grid = tuple(n + 2 for n in spatial)
+    kept = moved = 0
+    for step in range(12):
+        previous = cache[grid].frequency.item() if cache else None
+        weight = weight + 0.01 * torch.randn_like(weight) if step % 3 else torch.randn_like(weight)
+        warm_weight, cold_weight = weight.clone().requires_grad_(), weight.clone().requires_grad_()
+        warm = circular_norm_bound(warm_weight, spatial, cache)
+        cold = circular_norm_bound(cold_weight, spatial)
+        torch.testing.assert_close(warm, cold)
+        torch.testing.assert_close(torch.autograd.grad(warm, warm_weight)[0],
+                                   torch.autograd.grad(cold, cold_weight)[0])
+        symbol = torch.fft.rfftn(weight, s=grid, dim=tuple(range(2, weight.dim())))
+        largest = torch.linalg.matrix_norm(symbol.flatten(2).permute(2, 0, 1), ord=2)
+        assert largest[cache[grid].frequency] >= largest.max() * (1 - 1e-6)
+        if previous is not None:
+            kept += cache[grid].frequency.item() == previous
+            moved += cache[grid].frequency.item() != previous
+    assert kept > 0 and moved > 0
+
+
+def test_warm_started_bound_finds_a_maximiser_that_moved_across_the_spectrum() -> None:
+    # (1, 1, 1) peaks at ω = 0, (1, −1, 1) at ω = π: the second call must leave the cached ω = 0
+    cache: dict = {}
+    assert float(circular_norm_bound(torch.ones(1, 1, 3, dtype=torch.float64), (48,), cache)) == pytest.approx(3.0)
+    alternating = torch.tensor([[[1.0, -1.0, 1.0]]], dtype=torch.float64)
+    assert float(circular_norm_bound(alternating, (48,), cache)) == pytest.approx(3.0)
+    assert int(cache[(50,)].frequency) == 25
+
+
+def test_training_normalisation_stays_contractive_with_the_warm_bound() -> None:
+    """Adam steps on a state path (gradients on, so its bound is warm-started): after each,
+    the exact norm of the weight it applies stays within c·σ(g)."""
+    torch.manual_seed(0)
+    state = ContractiveConv(8, 3, spatial_dims=2, contraction=0.9).double()
+    optimiser = torch.optim.Adam(state.parameters(), lr=0.05)
+    z = torch.randn(4, 8, 6, 6, dtype=torch.float64)
+    for _ in range(10):
+        weight = state.effective_weight((6, 6))
+        loss = -state.apply_weight(z, weight).square().mean()  # pushes the norm up to its cap
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        applied = state.effective_weight((6, 6)).detach()
+        cap = 0.9 * float(torch.sigmoid(state.gain.detach()))
+        assert operator_norm(state, applied, (8, 6, 6)) <= cap * (1 + 1e-9)
+    assert state._maximisers, "the training steps ran the warm-started bound"
+
+
 @pytest.mark.parametrize("make_layer", [max_layer, flood_layer])
 @pytest.mark.parametrize("seed, gain", [(0, 2.0), (1, 30.0), (2, -1.0)])
 def test_max_spread_layer_is_a_contraction_in_the_max_norm(make_layer, seed: int, gain: float) -> None:
